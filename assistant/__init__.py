@@ -1,0 +1,1 @@
+"""小玉 (Xiaoyu): a grounded, citation-first policy assistant for residents."""

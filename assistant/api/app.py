@@ -1,0 +1,70 @@
+"""create_app(): the FastAPI application. Routes translate; ChatService decides."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from assistant.api.routes import chat, health
+from assistant.config import Settings, get_settings
+from assistant.service import ChatService, QuestionError, build_service
+
+log = logging.getLogger("xiaoyu")
+
+_FIELD_NAMES = {"question": "问题", "query": "查询", "history": "对话历史", "top_k": "top_k", "role": "角色",
+                "content": "内容", "session_id": "会话 ID"}
+
+
+def _chinese_validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        kind = err.get("type", "")
+        field = next((_FIELD_NAMES.get(str(p), str(p)) for p in reversed(err.get("loc", ())) if not isinstance(p, int)),
+                     "请求")
+        if kind == "json_invalid":
+            parts.append("请求体不是有效的 JSON")
+        elif kind == "missing":
+            parts.append(f"缺少字段：{field}")
+        elif kind in ("string_type", "int_parsing", "int_type", "list_type", "literal_error", "model_attributes_type"):
+            parts.append(f"字段 {field} 的类型不正确")
+        elif kind.startswith("too_long") or kind == "string_too_long":
+            parts.append(f"字段 {field} 太长")
+        elif kind in ("less_than_equal", "greater_than_equal", "too_short"):
+            parts.append(f"字段 {field} 超出允许范围")
+        else:
+            parts.append(f"字段 {field} 无效")
+    return "；".join(dict.fromkeys(parts)) or "请求无效"
+
+
+def create_app(settings: Settings | None = None, service: ChatService | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if getattr(app.state, "service", None) is None:
+            app.state.service = build_service(settings)
+            report = app.state.service.ensure_ingested()
+            if report is not None:
+                log.info("首次启动，已导入内置知识库：%s", report.summary())
+        yield
+
+    app = FastAPI(title="小玉 Xiaoyu", version="0.1.0", lifespan=lifespan,
+                  description="党建 · 物业 · 调解政策问答：每个回答都引用出处（文件 + 第X条）。")
+    app.state.settings = settings
+    app.state.service = service
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _chinese_validation_message(exc)})
+
+    @app.exception_handler(QuestionError)
+    async def on_question_error(request: Request, exc: QuestionError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    app.include_router(health.router)
+    app.include_router(chat.router)
+    return app

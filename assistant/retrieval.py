@@ -1,0 +1,137 @@
+"""HybridRetriever: BM25 over jieba tokens ∥ dense e5 vectors → weighted reciprocal-rank fusion, plus the evidence
+used to decide whether the knowledge base covers a question at all."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from assistant.catalog import Catalog, IndexDir
+from assistant.condense import condense
+from assistant.config import RetrievalSettings
+from assistant.embedding import Embedder
+from assistant.lexical import JiebaTokenizer, LexicalIndex
+from assistant.store import ChromaStore
+from assistant.types import Chunk, Evidence, Retrieval, ScoredChunk, Turn
+
+Mode = Literal["hybrid", "bm25", "dense"]
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    catalog: Catalog
+    lexical: LexicalIndex
+    tokens: dict[str, frozenset[str]]  # chunk id → its content words, for the overlap evidence
+
+
+class HybridRetriever:
+    def __init__(
+        self,
+        embedder: Embedder,
+        store: ChromaStore,
+        index_dir: IndexDir,
+        tokenizer: JiebaTokenizer,
+        settings: RetrievalSettings,
+        max_history_turns: int = 6,
+    ):
+        self.embedder = embedder
+        self.store = store
+        self.index_dir = index_dir
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.max_history_turns = max_history_turns
+        self._lock = threading.Lock()
+        self._snap = self._load()
+
+    # ---- index lifecycle ------------------------------------------------------------------------
+    def _load(self) -> _Snapshot:
+        lexical = LexicalIndex(self.tokenizer)
+        catalog = self.index_dir.load(lexical)
+        tokens = {cid: frozenset(self.tokenizer.tokens(c.text)) for cid, c in catalog.chunks.items()}
+        return _Snapshot(catalog, lexical, tokens)
+
+    def reload(self) -> None:
+        """Pick up a newly committed generation. Requests in flight keep the snapshot they started with."""
+        snap = self._load()
+        with self._lock:
+            self._snap = snap
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._snap.catalog
+
+    # ---- search ---------------------------------------------------------------------------------
+    def condense(self, question: str, history: Sequence[Turn]) -> str:
+        return condense(question, history, self.max_history_turns)
+
+    def retrieve(
+        self, question: str, history: Sequence[Turn] = (), top_k: int | None = None, mode: Mode = "hybrid"
+    ) -> Retrieval:
+        snap = self._snap
+        query = self.condense(question, history)
+        top_k = top_k or self.settings.top_k
+        n = max(self.settings.candidates, top_k)
+        lexical = snap.lexical.search(query, n) if mode != "dense" else []
+        dense: list[tuple[str, float]] = []
+        if mode != "bm25" and snap.catalog.chunks:
+            # Over-fetch: the store may hold vectors of chunks that are no longer live (see catalog.py).
+            raw = self.store.query(self.embedder.embed_query(query), n + 10)
+            dense = [(cid, s) for cid, s in raw if cid in snap.catalog.chunks][:n]
+        fused = self._fuse(snap.catalog.chunks, lexical, dense, mode)
+        hits = tuple(fused[:top_k])
+        return Retrieval(query, hits, self._evidence(snap, query, lexical, dense, hits))
+
+    def _fuse(
+        self,
+        chunks: dict[str, Chunk],
+        lexical: list[tuple[str, float]],
+        dense: list[tuple[str, float]],
+        mode: Mode,
+    ) -> list[ScoredChunk]:
+        k = self.settings.rrf_k
+        wl = self.settings.lexical_weight if mode != "dense" else 0.0
+        wd = self.settings.dense_weight if mode != "bm25" else 0.0
+        table: dict[str, dict] = {}
+        for rank, (cid, score) in enumerate(lexical, 1):
+            table.setdefault(cid, {})["lexical"] = (rank, score)
+        for rank, (cid, score) in enumerate(dense, 1):
+            table.setdefault(cid, {})["dense"] = (rank, score)
+        out = []
+        for cid, parts in table.items():
+            lr, ls = parts.get("lexical", (None, 0.0))
+            dr, ds = parts.get("dense", (None, 0.0))
+            fused = (wl / (k + lr) if lr else 0.0) + (wd / (k + dr) if dr else 0.0)
+            out.append(ScoredChunk(chunks[cid], fused, ls, ds, lr, dr))
+        out.sort(key=lambda h: (-h.score, -h.dense))
+        return out
+
+    def _evidence(
+        self,
+        snap: _Snapshot,
+        query: str,
+        lexical: list[tuple[str, float]],
+        dense: list[tuple[str, float]],
+        hits: Sequence[ScoredChunk],
+    ) -> Evidence:
+        s = self.settings
+        if not hits:
+            return Evidence(False, "知识库中没有相关内容")
+        words = set(self.tokenizer.tokens(query))
+        top_words = snap.tokens.get(hits[0].chunk.id, frozenset())
+        overlap = len(words & top_words) / len(words) if words else 0.0
+        dense_top = dense[0][1] if dense else 0.0
+        top_lex = {cid for cid, _ in lexical[:3]}
+        top_dense = {cid for cid, _ in dense[:3]}
+        agreement = bool(top_lex & top_dense)
+        if dense and dense_top >= s.strong_dense and (agreement or overlap >= s.min_overlap):
+            return Evidence(True, "语义高度相关", dense_top, overlap, agreement)
+        if dense_top >= s.min_dense and overlap >= s.min_overlap and agreement:
+            return Evidence(True, "词语和语义检索一致命中", dense_top, overlap, agreement)
+        if not dense and overlap >= s.min_overlap:
+            return Evidence(True, "词语匹配（仅词法检索）", dense_top, overlap, agreement)
+        reason = (
+            f"证据不足：语义相似度 {dense_top:.2f}，关键词覆盖 {overlap:.0%}，"
+            f"两路检索{'一致' if agreement else '不一致'}"
+        )
+        return Evidence(False, reason, dense_top, overlap, agreement)

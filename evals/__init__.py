@@ -1,0 +1,1 @@
+"""Golden sets, metrics (pure functions) and the runner behind `xiaoyu eval`."""

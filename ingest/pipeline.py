@@ -1,0 +1,197 @@
+"""load → split → embed → upsert → commit. Idempotent (content-hash ids), incremental, and atomic (see catalog.py)."""
+
+from __future__ import annotations
+
+import fcntl
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from assistant.catalog import Catalog, DocRecord, IndexDir
+from assistant.embedding import Embedder
+from assistant.lexical import LexicalIndex
+from assistant.store import ChromaStore
+from assistant.types import Chunk, SourceDoc
+from ingest.loaders import LoadError, discover, load_file, load_manifest
+from ingest.splitter import ChineseSplitter
+
+Progress = Callable[[str, int, int], None]  # (phase "files" | "chunks", done, total)
+
+
+@dataclass
+class IngestReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    embedded: int = 0  # chunks that needed a new vector
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.updated or self.removed)
+
+    def summary(self) -> str:
+        return (
+            f"新增 {len(self.added)} · 更新 {len(self.updated)} · 未变 {len(self.unchanged)} · "
+            f"删除 {len(self.removed)} · 失败 {len(self.failed)}（嵌入 {self.embedded} 个片段）"
+        )
+
+
+class IngestPipeline:
+    def __init__(
+        self,
+        index_dir: IndexDir,
+        store: ChromaStore,
+        embedder: Embedder,
+        lexical: LexicalIndex,
+        splitter: ChineseSplitter,
+        batch_size: int = 32,
+    ):
+        self.index_dir = index_dir
+        self.store = store
+        self.embedder = embedder
+        self.lexical = lexical
+        self.splitter = splitter
+        self.batch_size = batch_size
+
+    @property
+    def split_signature(self) -> str:
+        return f"chinese-v1/max{self.splitter.max_chars}"
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        # One writer at a time: a second ingest (CLI beside a running server) waits instead of interleaving.
+        self.index_dir.root.mkdir(parents=True, exist_ok=True)
+        with open(self.index_dir.lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def run(self, roots: list[Path], progress: Progress | None = None, prune: bool = True) -> IngestReport:
+        """Ingest every supported file under each root. Files gone from a root are pruned from the index."""
+        with self._locked():
+            previous = self.index_dir.load(LexicalIndex(self.lexical.tokenizer))
+            return self._run(previous, [r.resolve() for r in roots], progress, prune)
+
+    def remove(self, sources: list[str]) -> IngestReport:
+        """Delete documents by source path (the staff console's and admin API's delete)."""
+        with self._locked():
+            catalog = self.index_dir.load(LexicalIndex(self.lexical.tokenizer))
+            report = IngestReport()
+            for source in sources:
+                if catalog.docs.pop(source, None) is not None:
+                    report.removed.append(source)
+            if report.removed:
+                self._commit(catalog, report)
+            return report
+
+    def _run(self, previous: Catalog, roots: list[Path], progress: Progress | None, prune: bool) -> IngestReport:
+        report = IngestReport()
+        resplit_all = previous.split_signature != self.split_signature
+        docs = dict(previous.docs)
+        fresh: dict[str, tuple[SourceDoc, list[Chunk], str]] = {}  # source → (doc, chunks, root)
+        for root in roots:
+            if not root.exists():
+                report.failed.append((str(root), "路径不存在"))
+                continue
+            base = root if root.is_dir() else root.parent
+            manifest = self._manifest(base, report)
+            files = discover(root)
+            seen = set()
+            for i, path in enumerate(files, 1):
+                source = path.relative_to(base).as_posix()
+                seen.add(source)
+                try:
+                    doc = load_file(path, base, manifest)
+                    old = docs.get(source)
+                    if old and old.sha256 == doc.sha256 and not resplit_all and self._same_meta(old, doc):
+                        report.unchanged.append(source)
+                    else:
+                        chunks = self.splitter.split(doc)
+                        if not chunks:
+                            raise LoadError("没有切分出任何内容")
+                        fresh[source] = (doc, chunks, str(base))
+                        (report.updated if old else report.added).append(source)
+                except LoadError as exc:
+                    report.failed.append((source, str(exc)))
+                except Exception as exc:  # a parser bug on one file must not sink the whole ingest
+                    report.failed.append((source, f"{type(exc).__name__}: {exc}"))
+                if progress:
+                    progress("files", i, len(files))
+            if prune and root.is_dir():
+                for source, rec in list(docs.items()):
+                    if rec.root == str(base) and source not in seen:
+                        del docs[source]
+                        report.removed.append(source)
+        if not (report.added or report.updated or report.removed or resplit_all
+                or previous.embedder != self.embedder.name):
+            return report  # nothing to embed or commit: the index stays exactly as it was
+
+        catalog = Catalog(self.embedder.name, self.split_signature, generation=previous.generation)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for source, rec in docs.items():
+            if source not in fresh:
+                catalog.docs[source] = rec  # a doc from another root keeps its chunks until that root is re-ingested
+        for source, (doc, chunks, base) in fresh.items():
+            self.index_dir.save_text(doc.sha256, doc.text)
+            catalog.docs[source] = DocRecord(
+                source=source, root=base, title=doc.title, category=doc.category, issuer=doc.issuer,
+                date=doc.date, kind=doc.kind, sha256=doc.sha256, chunk_ids=tuple(c.id for c in chunks),
+                chars=len(doc.text), ingested_at=now,
+            )
+            for c in chunks:
+                catalog.chunks[c.id] = c
+        for rec in catalog.docs.values():
+            if rec.source not in fresh:
+                for cid in rec.chunk_ids:
+                    catalog.chunks[cid] = previous.chunks[cid]
+        self._embed_missing(catalog, report, progress)
+        self._commit(catalog, report)
+        return report
+
+    @staticmethod
+    def _manifest(base: Path, report: IngestReport) -> dict[str, dict]:
+        try:
+            return load_manifest(base)
+        except LoadError as exc:
+            report.failed.append(("manifest.json", str(exc)))
+            return {}
+
+    @staticmethod
+    def _same_meta(old: DocRecord, doc: SourceDoc) -> bool:
+        # A manifest edit (new title or date) must reach the chunks too, even when the file bytes are unchanged.
+        return (old.title, old.category, old.issuer, old.date) == (doc.title, doc.category, doc.issuer, doc.date)
+
+    def _embed_missing(self, catalog: Catalog, report: IngestReport, progress: Progress | None) -> None:
+        have = self.store.ids()
+        todo = [c for c in catalog.chunks.values() if c.id not in have]
+        for i in range(0, len(todo), self.batch_size):
+            batch = todo[i : i + self.batch_size]
+            vectors = np.asarray(self.embedder.embed_passages([c.text for c in batch]), dtype=np.float32)
+            self.store.upsert(batch, vectors)
+            report.embedded += len(batch)
+            if progress:
+                progress("chunks", report.embedded, len(todo))
+
+    def _commit(self, catalog: Catalog, report: IngestReport) -> None:
+        # Chunks of removed docs must leave the catalog too.
+        live = {cid for rec in catalog.docs.values() for cid in rec.chunk_ids}
+        catalog.chunks = {cid: c for cid, c in catalog.chunks.items() if cid in live}
+        catalog.embedder = self.embedder.name
+        catalog.split_signature = self.split_signature
+        lexical = LexicalIndex(self.lexical.tokenizer)
+        ordered = list(catalog.chunks.values())
+        lexical.build([c.id for c in ordered], [c.text for c in ordered])
+        self.index_dir.commit(catalog, lexical)
+        # Garbage-collect vectors no generation needs; after the commit, so a crash here only leaves orphans.
+        stale = self.store.ids() - live
+        if stale:
+            self.store.delete(list(stale))
+
