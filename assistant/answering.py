@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 from assistant.lexical import JiebaTokenizer
-from assistant.types import Answer, Citation, Retrieval, ScoredChunk
+from assistant.types import Answer, Citation, Retrieval, ScoredChunk, StreamEvent
 
 MAX_CITATIONS = 3
 _SENTENCE = re.compile(r"[^。！？；\n]+[。！？；]?[”’」』）)]*")
@@ -33,6 +33,29 @@ def refusal_text(contact: str, injection: bool = False) -> str:
         "和人民调解（调解程序、调解协议、司法确认等）方面的政策问题。\n\n"
         f"这个问题建议您咨询{contact}，会有工作人员为您解答。"
     )
+
+
+_STREAM_PIECES = re.compile(r"[^。！？；\n]*[。！？；\n]+|[^。！？；\n]+$")
+
+
+def answer_events(answer: Answer) -> Iterator[StreamEvent]:
+    """A finished answer as a stream: citations first, then the text sentence by sentence, then done."""
+    yield StreamEvent("citations", citations=answer.citations)
+    for piece in _STREAM_PIECES.findall(answer.text):
+        yield StreamEvent("delta", text=piece)
+    yield StreamEvent("done", answer=answer)
+
+
+@runtime_checkable
+class Answerer(Protocol):
+    """ExtractiveAnswerer (default) and llm.LLMAnswerer. `deadline` is a time.monotonic() value: the LLM falls
+    back to the extractive answer when it would pass it."""
+
+    def refuse(self, query: str = "", injection: bool = False) -> Answer: ...
+
+    def answer(self, retrieval: Retrieval, deadline: float | None = None) -> Answer: ...
+
+    def stream(self, retrieval: Retrieval, deadline: float | None = None) -> Iterator[StreamEvent]: ...
 
 
 class ExtractiveAnswerer:
@@ -88,7 +111,10 @@ class ExtractiveAnswerer:
                 best, best_score = sentence, score
         return best
 
-    def answer(self, retrieval: Retrieval) -> Answer:
+    def stream(self, retrieval: Retrieval, deadline: float | None = None) -> Iterator[StreamEvent]:
+        return answer_events(self.answer(retrieval))
+
+    def answer(self, retrieval: Retrieval, deadline: float | None = None) -> Answer:
         if not retrieval.evidence.covered:
             return self.refuse(retrieval.query)
         chosen = self.select(retrieval)

@@ -98,13 +98,16 @@ def cmd_ask(args) -> int:
 def cmd_eval(args) -> int:
     from assistant.service import build_service
     from evals.golden import load_golden
-    from evals.runner import format_table, run_eval
+    from evals.runner import answer_mode_results, extractive_only, format_answer_modes, format_table, run_eval
 
     service = build_service(_settings(args))
     service.ensure_ingested(_progress())
+    if args.answer_mode == "extractive":
+        service = extractive_only(service)
     items = load_golden(Path(args.file))
     result = run_eval(service, items, args.top_k)
     print(format_table(result))
+    print(format_answer_modes(answer_mode_results(service, items, args.top_k, args.answer_mode, result)))
     if args.by_category:
         for cat, m in result.by_category.items():
             print(f"[{cat}] hit@5 {m['hit@5']:.3f} MRR {m['mrr']:.3f} section@1 {m['section_accuracy']:.3f} "
@@ -117,6 +120,50 @@ def cmd_eval(args) -> int:
                   f"\n    {r.covered_reason}")
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
+    if args.report:
+        from evals.report import standalone_html
+        from evals.runs import run_record
+
+        docs = service.documents()
+        run = run_record(result, args.file, args.top_k, len(docs), sum(len(d.chunk_ids) for d in docs))
+        Path(args.report).write_text(standalone_html(run), encoding="utf-8")
+        print(f"报告已写入 {args.report}", file=sys.stderr)
+    return 0
+
+
+def cmd_hash_password(args) -> int:
+    import getpass
+
+    from assistant.accounts import AccountError, hash_password
+
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("工作台密码：")
+        if getpass.getpass("再输入一次：") != password:
+            print("两次输入的密码不一致", file=sys.stderr)
+            return 2
+    try:
+        hashed = hash_password(password)
+    except AccountError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(f"{args.user}:{hashed}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from assistant.service import build_service
+    from evals.calibrate import calibrate, evidence_rows
+    from evals.golden import load_golden
+
+    service = build_service(_settings(args))
+    service.ensure_ingested(_progress())
+    rows = evidence_rows(service, load_golden(Path(args.file)))
+    cal = calibrate(rows, args.max_false_refusal)
+    print(f"XIAOYU_RETRIEVAL_MIN_DENSE={cal.min_dense:.4f}")
+    print(f"XIAOYU_RETRIEVAL_MIN_OVERLAP={cal.min_overlap:.2f}")
+    print(f"# refusal accuracy {cal.refusal_accuracy:.3f}, false-refusal rate {cal.false_refusal_rate:.3f}")
     return 0
 
 
@@ -150,8 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by-category", action="store_true")
     p.add_argument("--failures", action="store_true", help="列出失败的题目")
     p.add_argument("--json", help="把逐题结果写入 JSON 文件")
+    p.add_argument("--report", help="把评测报告写成独立的 HTML 文件（图表内嵌，离线可看）")
+    p.add_argument("--answer-mode", choices=["configured", "extractive", "llm", "both"], default="configured",
+                   help="按回答方式（抽取式 / LLM）统计要点召回、引用准确率和回退率；llm 需设置 XIAOYU_LLM_BASE_URL")
     data_dir(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("hash-password", help="为工作台账号生成 bcrypt 哈希（写入 XIAOYU_CONSOLE_USERS）")
+    p.add_argument("--user", default="admin", help="用户名（默认 admin）")
+    p.add_argument("--stdin", action="store_true", help="从标准输入读一行密码（脚本用）")
+    p.set_defaults(func=cmd_hash_password)
+
+    p = sub.add_parser("calibrate", help="按评测集校准拒答阈值（更换嵌入模型后需要）")
+    p.add_argument("file")
+    p.add_argument("--max-false-refusal", type=float, default=0.03)
+    data_dir(p)
+    p.set_defaults(func=cmd_calibrate)
     return parser
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_KB = PROJECT_ROOT / "knowledge_base"
@@ -30,12 +31,16 @@ class RetrievalSettings(BaseSettings):
     top_k: int = 5
     candidates: int = 30  # per retriever, before fusion
     rrf_k: int = 10
-    lexical_weight: float = 1.0
+    expand_lexical: bool = True
+    expand_dense: bool = True
+    lexical_weight: float = 0.5
     dense_weight: float = 1.0
-    # Refusal: evidence below these is "not covered". Tuned on evals/golden.jsonl (see docs/tuning.md).
-    min_dense: float = 0.80
-    min_overlap: float = 0.34
-    strong_dense: float = 0.86
+    max_per_source: int = 3  # diversity: chunks of one document allowed in the top k
+    # Refusal: evidence below these is "not covered". Calibrated with `xiaoyu calibrate evals/golden.jsonl`
+    # for the default e5 embedder; another embedder needs its own calibration (see docs/tuning.md).
+    min_dense: float = 0.8712
+    min_overlap: float = 0.0
+    min_overlap_lexical_only: float = 0.3
 
 
 class SplitSettings(BaseSettings):
@@ -49,7 +54,24 @@ class LLMSettings(BaseSettings):
     base_url: str = ""  # empty = LLM off; the extractive answerer is used
     api_key: SecretStr = SecretStr("")
     model: str = ""
-    timeout: float = 20.0
+    timeout: float = 20.0  # seconds for the whole LLM part of one answer; then the extractive answer is given
+    # WeChat retries for ~15 s and then gives up: the LLM must leave time for the extractive fallback.
+    wechat_timeout: float = 8.0
+    temperature: float = 0.1
+    max_tokens: int = 512
+    max_sources: int = 4  # retrieved provisions numbered in the prompt
+    # Share of a sentence's content found in the sources it cites. Calibrated on evals/golden.jsonl with
+    # `python -m evals.calibrate_support` (see that module's docstring).
+    support_threshold: float = 0.65
+    min_sentences: int = 1  # fewer verified sentences than this and the extractive answer is given instead
+    condense: bool = True  # rewrite follow-up questions with the LLM (rule-based otherwise, and on failure)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_url.strip())
+
+    def budget(self, channel: str) -> float:
+        return self.wechat_timeout if channel == "wechat" else self.timeout
 
 
 class WeChatSettings(BaseSettings):
@@ -58,6 +80,48 @@ class WeChatSettings(BaseSettings):
     appid: str = ""
     aes_key: str = ""
     appsecret: SecretStr = SecretStr("")
+    # WeChat hangs up after 5 s and re-sends the message; `attempts` requests in all (the first plus retries).
+    reply_budget: float = 4.5  # seconds a request waits for the answer before it gives up on replying with it
+    retry_hold: float = 1.0  # a non-final request then waits this much more, past WeChat's cutoff, so WeChat retries
+    attempts: int = 3
+    replay_window: int = 300  # seconds; a signed request with an older (or future) timestamp is refused as a replay
+    reply_max_bytes: int = 2048  # WeChat's limit for a text message; longer answers continue on "继续"
+    workers: int = 4  # threads answering WeChat questions
+    max_pending: int = 32  # questions queued or being answered; beyond this residents are asked to retry shortly
+    api_base_url: str = "https://api.weixin.qq.com/cgi-bin/"  # customer-service API root (a proxy, or a test fake)
+    api_timeout: float = 10.0
+
+
+class StaffSettings(BaseSettings):
+    """The staff console (/console) and the admin API (/admin). Env names: XIAOYU_CONSOLE_USERS, XIAOYU_ADMIN_TOKEN …"""
+
+    model_config = _group("XIAOYU_")
+    console_enabled: bool = True
+    # "name:bcrypt-hash,name2:hash2" (make a hash with `xiaoyu hash-password`). Empty: an account is generated on the
+    # first start, its password printed once and only its hash kept in data_dir/console-users.txt.
+    console_users: SecretStr = SecretStr("")
+    admin_token: SecretStr = SecretStr("")  # empty = the admin API is disabled
+    max_upload_mb: float = 20.0
+    # The question log flags answers whose top dense similarity is under this as low-confidence: keep it a little
+    # above retrieval.min_dense, where answers are only just over the refusal line.
+    low_confidence_below: float = 0.89
+
+
+class WebSettings(BaseSettings):
+    """The web widget, /api/chat/stream and /v1 (OpenAI-compatible): who may embed them and how often clients may ask."""
+
+    model_config = _group("XIAOYU_WEB_")
+    # Origins (scheme://host[:port]) whose pages may embed the widget and call the API from a browser; "*" allows
+    # any. Comma-separated or a JSON list. Empty: only pages served by Xiaoyu itself (the demo page).
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    rate_limit_per_minute: int = Field(20, ge=0)  # questions per client IP; 0 turns the limit off
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value):
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip().startswith("[") else value.split(",")
+        return [o.strip().rstrip("/") for o in value if o and o.strip()]
 
 
 class Settings(BaseSettings):
@@ -78,6 +142,8 @@ class Settings(BaseSettings):
     split: SplitSettings = Field(default_factory=SplitSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     wechat: WeChatSettings = Field(default_factory=WeChatSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    staff: StaffSettings = Field(default_factory=StaffSettings)
 
 
 @lru_cache(maxsize=1)

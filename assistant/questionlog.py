@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from assistant.sqlite import SQLiteFile
-from assistant.types import Answer
+from assistant.types import Answer, Evidence
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS questions (
@@ -29,6 +30,12 @@ CREATE TABLE IF NOT EXISTS questions (
 );
 CREATE INDEX IF NOT EXISTS questions_by_ts ON questions(ts);
 """
+# Columns added after the first release. Added with ALTER TABLE when missing, so older log files keep working.
+_ADDED_COLUMNS = {
+    "dense_top": "REAL",  # retrieval evidence behind the answer (NULL when nothing was retrieved)
+    "overlap": "REAL",
+    "evidence": "TEXT NOT NULL DEFAULT ''",  # the evidence reason, e.g. "证据不足：语义相似度 0.78 …"
+}
 
 
 @dataclass(frozen=True)
@@ -45,31 +52,52 @@ class LoggedQuestion:
     citations: list[dict]
     latency_ms: float
     notes: str
+    dense_top: float | None = None
+    overlap: float | None = None
+    evidence: str = ""
 
 
 class QuestionLog:
     def __init__(self, path: Path, salt: str = "xiaoyu"):
         self._db = SQLiteFile(path, _SCHEMA)
         self._salt = salt
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._db.connect() as db:
+            have = {row["name"] for row in db.execute("PRAGMA table_info(questions)")}
+            for name, decl in _ADDED_COLUMNS.items():
+                if name not in have:
+                    try:
+                        db.execute(f"ALTER TABLE questions ADD COLUMN {name} {decl}")
+                    except sqlite3.OperationalError as exc:  # another process added it a moment ago
+                        if "duplicate column" not in str(exc):
+                            raise
 
     def hash_user(self, user: str | None) -> str:
         if not user:
             return ""
         return hashlib.sha256(f"{self._salt}:{user}".encode()).hexdigest()[:16]
 
-    def record(self, channel: str, user: str | None, question: str, answer: Answer, latency_ms: float) -> int:
+    def record(self, channel: str, user: str | None, question: str, answer: Answer, latency_ms: float,
+               evidence: Evidence | None = None) -> int:
         citations = [{"index": c.index, "source": c.source, "title": c.title, "section": c.section}
                      for c in answer.citations]
         with self._db.connect() as db:
             cur = db.execute(
                 "INSERT INTO questions (ts, channel, user_hash, question, query, answer, refused, mode, citations,"
-                " latency_ms, notes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " latency_ms, notes, dense_top, overlap, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (time.time(), channel, self.hash_user(user), question, answer.query, answer.text, int(answer.refused),
-                 answer.mode, json.dumps(citations, ensure_ascii=False), latency_ms, "; ".join(answer.notes)),
+                 answer.mode, json.dumps(citations, ensure_ascii=False), latency_ms, "; ".join(answer.notes),
+                 evidence.dense_top if evidence else None, evidence.overlap if evidence else None,
+                 evidence.reason if evidence else ""),
             )
             return int(cur.lastrowid)
 
-    def recent(self, limit: int = 200, refused: bool | None = None, channel: str | None = None) -> list[LoggedQuestion]:
+    def recent(self, limit: int = 200, refused: bool | None = None, channel: str | None = None,
+               below_confidence: float | None = None, exclude_channels: tuple[str, ...] = (),
+               contains: str = "") -> list[LoggedQuestion]:
+        """Newest first. below_confidence keeps answered questions whose top dense similarity is under it."""
         where, args = [], []
         if refused is not None:
             where.append("refused = ?")
@@ -77,8 +105,25 @@ class QuestionLog:
         if channel:
             where.append("channel = ?")
             args.append(channel)
+        if below_confidence is not None:
+            where.append("refused = 0 AND dense_top IS NOT NULL AND dense_top < ?")
+            args.append(below_confidence)
+        if exclude_channels:
+            where.append(f"channel NOT IN ({', '.join('?' * len(exclude_channels))})")
+            args.extend(exclude_channels)
+        if contains:
+            where.append("instr(question, ?) > 0")
+            args.append(contains)
         sql = "SELECT * FROM questions" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC LIMIT ?"
         with self._db.connect() as db:
             rows = db.execute(sql, (*args, limit)).fetchall()
-        return [LoggedQuestion(**{**dict(r), "refused": bool(r["refused"]), "citations": json.loads(r["citations"])})
-                for r in rows]
+        return [_logged(r) for r in rows]
+
+    def get(self, question_id: int) -> LoggedQuestion | None:
+        with self._db.connect() as db:
+            row = db.execute("SELECT * FROM questions WHERE id = ?", (question_id,)).fetchone()
+        return _logged(row) if row else None
+
+
+def _logged(row: sqlite3.Row) -> LoggedQuestion:
+    return LoggedQuestion(**{**dict(row), "refused": bool(row["refused"]), "citations": json.loads(row["citations"])})

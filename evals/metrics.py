@@ -56,3 +56,10 @@ def fact_recall(facts: Sequence[str], answer: str) -> float:
 
 def rate(flags: Sequence[bool]) -> float:
     return sum(flags) / len(flags) if flags else 0.0
+
+
+def citation_precision(expected_sources: Sequence[str], cited_sources: Sequence[str]) -> float | None:
+    """Share of cited sources that are among the expected ones; None when nothing is cited."""
+    if not cited_sources:
+        return None
+    return sum(1 for s in cited_sources if s in expected_sources) / len(cited_sources)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -29,6 +30,8 @@ class ItemResult:
     answer: str
     citations: list[dict]
     seconds: float
+    mode: str = ""  # which path answered: extractive | llm | extractive-fallback | refusal
+    citation_precision: float | None = None
 
 
 @dataclass
@@ -82,7 +85,7 @@ def run_eval(service: ChatService, items: list[GoldenItem], top_k: int = 5,
     for n, item in enumerate(items, 1):
         t0 = time.perf_counter()
         retrieval = service.retrieve(item.question, item.history, top_k)
-        answer = service.ask(item.question, item.history)
+        answer = service.ask(item.question, item.history, channel="eval")  # kept apart from residents in the log
         seconds = time.perf_counter() - t0
         hits = retrieval.hits
         doc_matches = [metrics.hit_matches(item.expected_sources, item.expected_sections, h.chunk.source,
@@ -101,6 +104,9 @@ def run_eval(service: ChatService, items: list[GoldenItem], top_k: int = 5,
             answer=answer.text,
             citations=[{"index": c.index, "source": c.source, "section": c.section} for c in answer.citations],
             seconds=seconds,
+            mode=answer.mode,
+            citation_precision=None if item.out_of_scope else metrics.citation_precision(
+                item.expected_sources, [c.source for c in answer.citations]),
         ))
         if progress:
             progress(n, len(items))
@@ -123,4 +129,52 @@ def format_table(result: EvalResult) -> str:
     for key, name in _ROWS:
         lines.append(f"  {name:<42} {m[key]:.3f}")
     lines.append(f"  {'mean seconds per question':<42} {m['mean_seconds']:.3f}")
+    return "\n".join(lines)
+
+
+# ---- answer modes: extractive vs LLM ------------------------------------------------------------------------
+def extractive_only(service: ChatService) -> ChatService:
+    """The same service answering extractively: an LLM answerer keeps the extractive one as its fallback."""
+    fallback = getattr(service.answerer, "fallback", None)
+    return dataclasses.replace(service, answerer=fallback, condenser=None) if fallback is not None else service
+
+
+def answer_mode_summary(result: EvalResult) -> dict[str, float]:
+    """Fact recall over in-scope questions, citation precision over answers that cite, fallback rate over answers."""
+    inscope = [r for r in result.items if not r.out_of_scope]
+    answered = [r for r in inscope if not r.refused]
+    precisions = [r.citation_precision for r in answered if r.citation_precision is not None]
+    return {
+        "answered": len(answered),
+        "fact_recall": sum(r.fact_recall for r in inscope) / len(inscope) if inscope else 0.0,
+        "citation_precision": sum(precisions) / len(precisions) if precisions else 0.0,
+        "fallback_rate": metrics.rate([r.mode == "extractive-fallback" for r in answered]),
+    }
+
+
+def answer_mode_results(service: ChatService, items: list[GoldenItem], top_k: int, answer_mode: str,
+                        configured: EvalResult) -> dict[str, EvalResult | None]:
+    """Results per answer mode ("extractive", "llm", "both" or "configured"), reusing the run already made with the
+    configured service. None for the LLM when no endpoint is configured."""
+    has_llm = getattr(service.answerer, "fallback", None) is not None
+    wanted = {"both": ["extractive", "llm"], "configured": ["llm" if has_llm else "extractive"]}.get(
+        answer_mode, [answer_mode])
+    out: dict[str, EvalResult | None] = {}
+    for mode in wanted:
+        if mode == "llm":
+            out[mode] = configured if has_llm else None
+        else:
+            out[mode] = run_eval(extractive_only(service), items, top_k) if has_llm else configured
+    return out
+
+
+def format_answer_modes(results: dict[str, EvalResult | None]) -> str:
+    lines = [f"  {'answer mode':<22} {'answers':>7} {'fact recall':>11} {'citation precision':>18} {'fallback rate':>13}"]
+    for mode, result in results.items():
+        if result is None:
+            lines.append(f"  {mode:<22} 未配置 LLM：设置 XIAOYU_LLM_BASE_URL（及 XIAOYU_LLM_MODEL）后再评测")
+            continue
+        m = answer_mode_summary(result)
+        lines.append(f"  {mode:<22} {m['answered']:>7} {m['fact_recall']:>11.3f} {m['citation_precision']:>18.3f}"
+                     f" {m['fallback_rate']:>13.3f}")
     return "\n".join(lines)

@@ -6,6 +6,8 @@ shared read-only by the tests that only ask questions. Tests that change the ind
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,37 @@ def small_kb(tmp_path) -> Path:
     for name in ("人民调解委员会组织条例.md", "最高人民法院关于人民调解协议司法确认程序的若干规定.md"):
         shutil.copy(BUNDLED_KB / "调解" / name, root / "调解" / name)
     return root
+
+
+@contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """Run `app` in a real uvicorn server on 127.0.0.1 in a background thread; yields its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))  # bound before the server starts: no race for a "free" port
+    # log_config=None: uvicorn's records reach the root logger, so caplog sees any "Exception in ASGI application".
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:  # waiting for startup, not a timing assertion
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """`with live_server(app) as base_url:` a real HTTP server for clients that can't use the TestClient."""
+    return serve_in_thread

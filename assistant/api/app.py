@@ -9,7 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from assistant.api.routes import chat, health
+from assistant.api.routes import admin, chat, health, openai_compat, web
+from assistant.api.routes import wechat as wechat_routes
 from assistant.config import Settings, get_settings
 from assistant.service import ChatService, QuestionError, build_service
 
@@ -67,4 +68,11 @@ def create_app(settings: Settings | None = None, service: ChatService | None = N
 
     app.include_router(health.router)
     app.include_router(chat.router)
+    app.include_router(admin.router)
+    app.include_router(wechat_routes.router)
+    app.include_router(openai_compat.router)
+    web.install(app, settings)  # widget, demo page, /sources, /api/chat/stream; CORS and rate limit
+    from ui.console.app import mount_console  # imports gradio: only when an app is actually built
+
+    mount_console(app, settings)
     return app

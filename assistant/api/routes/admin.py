@@ -1,0 +1,129 @@
+"""Admin API for scripts and CMS hooks: upload, delete, re-index, read the question log. Bearer XIAOYU_ADMIN_TOKEN."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from assistant.accounts import token_matches
+from assistant.api.deps import ServiceDep
+from assistant.uploads import DocMeta, UploadError
+from ingest.pipeline import IngestReport
+
+_bearer = HTTPBearer(auto_error=False, description="XIAOYU_ADMIN_TOKEN")
+
+
+def require_admin(request: Request,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    token = request.app.state.settings.staff.admin_token.get_secret_value()
+    if not token:
+        raise HTTPException(503, "管理接口未启用：请设置环境变量 XIAOYU_ADMIN_TOKEN 后重启服务")
+    if credentials is None or not token_matches(token, credentials.credentials):
+        raise HTTPException(401, "缺少或错误的管理令牌：请在请求头中提供 Authorization: Bearer <令牌>",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+class ReportOut(BaseModel):
+    added: list[str]
+    updated: list[str]
+    unchanged: list[str]
+    removed: list[str]
+    failed: list[dict[str, str]]
+    embedded: int
+    summary: str
+
+    @classmethod
+    def of(cls, r: IngestReport) -> "ReportOut":
+        return cls(added=r.added, updated=r.updated, unchanged=r.unchanged, removed=r.removed,
+                   failed=[{"source": s, "reason": why} for s, why in r.failed], embedded=r.embedded,
+                   summary=r.summary())
+
+
+class DocumentOut(BaseModel):
+    source: str
+    title: str
+    category: str
+    issuer: str
+    date: str
+    chunks: int
+    ingested_at: str
+
+
+class UploadOut(BaseModel):
+    source: str
+    status: str  # added | updated | unchanged
+    chunks: int
+    report: ReportOut
+
+
+class QuestionOut(BaseModel):
+    id: int
+    ts: float
+    channel: str
+    user_hash: str
+    question: str
+    answer: str
+    refused: bool
+    citations: list[dict]
+    latency_ms: float
+    dense_top: float | None
+    evidence: str
+
+
+@router.get("/documents", response_model=list[DocumentOut])
+def documents(service: ServiceDep) -> list[DocumentOut]:
+    return [DocumentOut(source=d.source, title=d.title, category=d.category, issuer=d.issuer, date=d.date,
+                        chunks=len(d.chunk_ids), ingested_at=d.ingested_at) for d in service.documents()]
+
+
+@router.post("/documents", response_model=UploadOut, status_code=201)
+async def upload(request: Request, service: ServiceDep, file: Annotated[UploadFile, File()],
+                 category: Annotated[str, Form()], title: Annotated[str, Form()] = "",
+                 issuer: Annotated[str, Form()] = "", date: Annotated[str, Form()] = "") -> UploadOut:
+    limit = service.uploads.max_bytes
+    data = await file.read(limit + 1)  # never more than one byte past the limit in memory
+    try:
+        service.uploads.check_size(len(data))
+    except UploadError as exc:
+        raise HTTPException(413, str(exc)) from exc
+    try:
+        source, report = await run_in_threadpool(service.add_document, file.filename or "", data,
+                                                 DocMeta(title, category, issuer, date))
+    except UploadError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    status = "added" if source in report.added else "updated" if source in report.updated else "unchanged"
+    return UploadOut(source=source, status=status, chunks=len(service.chunks_of(source)), report=ReportOut.of(report))
+
+
+@router.delete("/documents/{source:path}", response_model=ReportOut)
+async def delete(source: str, service: ServiceDep) -> ReportOut:
+    try:
+        return ReportOut.of(await run_in_threadpool(service.delete_document, source))
+    except KeyError as exc:
+        raise HTTPException(404, f"知识库中没有这个文档：{source}") from exc
+    except UploadError as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
+@router.post("/reindex", response_model=ReportOut)
+async def reindex(service: ServiceDep) -> ReportOut:
+    return ReportOut.of(await run_in_threadpool(service.reindex))
+
+
+@router.get("/questions", response_model=list[QuestionOut])
+def questions(service: ServiceDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+              refused: bool | None = None, low_confidence: bool = False, channel: str | None = None,
+              include_evals: bool = False) -> list[QuestionOut]:
+    """Newest first. low_confidence: answered, but with top dense similarity under XIAOYU_LOW_CONFIDENCE_BELOW."""
+    threshold = service.settings.staff.low_confidence_below if low_confidence else None
+    rows = service.questions.recent(limit, refused, channel, threshold, () if include_evals else ("eval",))
+    return [QuestionOut(id=q.id, ts=q.ts, channel=q.channel, user_hash=q.user_hash, question=q.question,
+                        answer=q.answer, refused=q.refused, citations=q.citations, latency_ms=q.latency_ms,
+                        dense_top=q.dense_top, evidence=q.evidence) for q in rows]

@@ -1,0 +1,167 @@
+"""OpenAI Chat Completions on top of ChatService, so the openai client, LangChain's ChatOpenAI and existing chat
+front ends can talk to Xiaoyu. Only shapes are converted here; ChatService answers.
+
+Xiaoyu's extras: a top-level `citations` list (also on the last streamed chunk), `refused`, and an optional
+`session_id` (send it with the client's `extra_body`) to use the stored conversation instead of the messages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse
+
+from assistant.api.deps import ServiceDep
+from assistant.api.schemas import CitationOut
+from assistant.service import ChatService, QuestionError
+from assistant.types import Answer, Turn
+
+log = logging.getLogger("xiaoyu")
+router = APIRouter(prefix="/v1", tags=["openai-compatible"])
+
+MODEL = "xiaoyu"
+_CREATED = int(time.time())
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    text: str = ""
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # LangChain and multimodal clients send a list of parts
+            return "".join(p.text for p in self.content if p.type == "text")
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    # Sampling parameters (temperature, top_p, max_tokens …) are accepted and ignored: answers quote policy text.
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    messages: list[MessageIn] = Field(min_length=1, max_length=100)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=128)
+    session_id: str | None = Field(None, max_length=128)
+
+
+def _error(status: int, message: str, kind: str, code: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status,
+                        content={"error": {"message": message, "type": kind, "code": code, "param": param}})
+
+
+def _split(messages: list[MessageIn]) -> tuple[str, list[Turn]] | str:
+    """The last user message is the question; earlier user/assistant turns are history. System prompts are
+    dropped on purpose: Xiaoyu answers only from its policy files, and a prompt must not be able to change that.
+    Returns an error message (Chinese) when there is no question to answer."""
+    if messages[-1].role != "user":
+        return "最后一条消息必须是用户（user）的问题。"
+    history = [Turn(m.role, m.text()) for m in messages[:-1] if m.role in ("user", "assistant") and m.text().strip()]
+    return messages[-1].text(), history
+
+
+def _usage(question: str, answer: Answer) -> dict:
+    # Xiaoyu has no tokenizer for its answers; characters stand in for tokens (about one per Chinese character).
+    prompt, completion = len(question), len(answer.text)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _citations(answer: Answer) -> list[dict]:
+    return [CitationOut.of(c).model_dump() for c in answer.citations]
+
+
+def _completion(completion_id: str, question: str, answer: Answer) -> dict:
+    return {
+        "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text, "refusal": None},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": _usage(question, answer),
+        "citations": _citations(answer), "refused": answer.refused,
+    }
+
+
+def _chunk(completion_id: str, created: int, delta: dict, finish_reason: str | None = None, **extra) -> str:
+    body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": MODEL,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra}
+    return json.dumps(body, ensure_ascii=False)
+
+
+def _stream_chunks(service: ChatService, req: ChatCompletionRequest, question: str, history: list[Turn],
+                   completion_id: str) -> Iterator[dict]:
+    """Runs in a worker thread (sse-starlette iterates sync generators in the threadpool)."""
+    created = int(time.time())
+    yield {"data": _chunk(completion_id, created, {"role": "assistant", "content": ""})}
+    answer = None
+    try:
+        for event in service.stream(question, history, req.session_id, "openai", req.user):
+            if event.kind == "delta" and event.text:
+                yield {"data": _chunk(completion_id, created, {"content": event.text})}
+            elif event.kind == "done":
+                answer = event.answer
+    except Exception:
+        log.exception("streamed completion failed")
+        # Headers are already sent, so the error can only travel in the stream, as OpenAI's own API does.
+        yield {"data": json.dumps({"error": {"message": "小玉出了点问题，请稍后再试。", "type": "server_error",
+                                             "code": "internal_error", "param": None}}, ensure_ascii=False)}
+        return
+    assert answer is not None
+    yield {"data": _chunk(completion_id, created, {}, "stop", citations=_citations(answer), refused=answer.refused)}
+    if req.stream_options and req.stream_options.include_usage:
+        yield {"data": json.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                                   "model": MODEL, "choices": [], "usage": _usage(question, answer)})}
+    yield {"data": "[DONE]"}
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(req: ChatCompletionRequest, service: ServiceDep) -> JSONResponse | EventSourceResponse:
+    if req.model != MODEL:
+        return _error(404, f"模型 {req.model!r} 不存在，请使用 {MODEL!r}。", "invalid_request_error",
+                      "model_not_found", "model")
+    split = _split(req.messages)
+    if isinstance(split, str):
+        return _error(400, split, "invalid_request_error", "invalid_messages", "messages")
+    question, history = split
+    try:
+        question = service.check_question(question)  # before streaming starts, so a bad question is a 400
+    except QuestionError as exc:
+        return _error(400, str(exc), "invalid_request_error", "invalid_question", "messages")
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    if req.stream:
+        return EventSourceResponse(_stream_chunks(service, req, question, history, completion_id), ping=15)
+    answer = await run_in_threadpool(service.ask, question, history, req.session_id, "openai", req.user)
+    return JSONResponse(_completion(completion_id, question, answer))
+
+
+@router.get("/models")
+def list_models() -> dict:
+    return {"object": "list", "data": [_model()]}
+
+
+@router.get("/models/{model_id}", response_model=None)
+def get_model(model_id: str) -> dict | JSONResponse:
+    if model_id != MODEL:
+        return _error(404, f"模型 {model_id!r} 不存在，请使用 {MODEL!r}。", "invalid_request_error", "model_not_found")
+    return _model()
+
+
+def _model() -> dict:
+    return {"id": MODEL, "object": "model", "created": _CREATED, "owned_by": "xiaoyu"}

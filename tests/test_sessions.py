@@ -1,0 +1,138 @@
+"""Conversation sessions: history lives in SQLite in the data dir, survives a restart, is bounded and expires."""
+
+from __future__ import annotations
+
+import shutil
+import types
+
+import pytest
+from fastapi.testclient import TestClient
+
+import assistant.sessions as sessions_module
+from assistant.api import create_app
+from assistant.config import Settings, StaffSettings
+from assistant.service import build_service
+from assistant.sessions import SessionStore
+from assistant.types import Turn
+
+FIRST = "调解协议怎么申请司法确认？"
+FOLLOW_UP = "要多久？"  # meaningless alone (refused); about 司法确认 with the first question as history
+
+
+class FakeClock:
+    """Stands in for time.time() in assistant.sessions: expiry is tested by moving the clock, not by sleeping."""
+
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(sessions_module, "time", types.SimpleNamespace(time=fake.time))
+    return fake
+
+
+def test_history_survives_a_new_store_on_the_same_file(tmp_path):
+    path = tmp_path / "sessions.sqlite3"
+    SessionStore(path).append("s1", Turn("user", "物业费怎么交？"), Turn("assistant", "按合同约定交纳。"))
+
+    reopened = SessionStore(path)
+
+    assert reopened.history("s1") == [Turn("user", "物业费怎么交？"), Turn("assistant", "按合同约定交纳。")]
+    assert reopened.history("other") == []
+
+
+def test_only_the_most_recent_turns_are_stored(tmp_path):
+    store = SessionStore(tmp_path / "s.sqlite3", max_turns=4)
+    for i in range(5):
+        store.append("s1", Turn("user", f"问题{i}"), Turn("assistant", f"回答{i}"))
+
+    assert [t.content for t in store.history("s1")] == ["问题3", "回答3", "问题4", "回答4"]
+    # Bounded on disk too, not only when read.
+    with store._db.connect() as db:
+        assert db.execute("SELECT COUNT(*) FROM turns WHERE session_id = 's1'").fetchone()[0] == 4
+
+
+def test_a_session_idle_longer_than_the_ttl_is_forgotten(tmp_path, clock):
+    store = SessionStore(tmp_path / "s.sqlite3", ttl_seconds=3600)
+    store.append("s1", Turn("user", "物业费怎么交？"), Turn("assistant", "按合同约定交纳。"))
+
+    clock.now += 3599
+    assert len(store.history("s1")) == 2
+    store.append("s1", Turn("user", "逾期呢？"), Turn("assistant", "可以催交。"))
+    clock.now += 3599  # the last turn keeps the whole conversation alive
+    assert len(store.history("s1")) == 4
+
+    clock.now += 2
+    assert store.history("s1") == []
+
+
+def test_expired_sessions_are_deleted_from_disk_when_others_write(tmp_path, clock):
+    store = SessionStore(tmp_path / "s.sqlite3", ttl_seconds=60)
+    store.append("old", Turn("user", "甲"), Turn("assistant", "乙"))
+    clock.now += 120
+    store.append("new", Turn("user", "丙"), Turn("assistant", "丁"))
+
+    with store._db.connect() as db:
+        assert {r[0] for r in db.execute("SELECT DISTINCT session_id FROM turns")} == {"new"}
+
+
+def test_reset_forgets_only_that_session(tmp_path):
+    store = SessionStore(tmp_path / "s.sqlite3")
+    store.append("a", Turn("user", "甲"))
+    store.append("b", Turn("user", "乙"))
+
+    store.reset("a")
+
+    assert store.history("a") == [] and store.history("b") == [Turn("user", "乙")]
+
+
+# ---- through the HTTP API, across a restart ---------------------------------------------------------------
+@pytest.fixture
+def data_dir(kb_data_dir, tmp_path):
+    target = tmp_path / "data"
+    shutil.copytree(kb_data_dir, target)
+    return target
+
+
+def _client(data_dir, embedder) -> TestClient:
+    settings = Settings(data_dir=data_dir, staff=StaffSettings(console_enabled=False))
+    return TestClient(create_app(settings, build_service(settings, embedder)))
+
+
+def test_api_chat_follow_up_uses_the_session_history_after_a_restart(data_dir, embedder):
+    with _client(data_dir, embedder) as first_run:
+        r = first_run.post("/api/chat", json={"question": FIRST, "session_id": "resident-1"})
+        assert r.status_code == 200 and not r.json()["refused"]
+
+    # A new service and app over the same data dir: what a restart of the server does.
+    with _client(data_dir, embedder) as second_run:
+        follow = second_run.post("/api/chat", json={"question": FOLLOW_UP, "session_id": "resident-1"}).json()
+        stranger = second_run.post("/api/chat", json={"question": FOLLOW_UP, "session_id": "resident-2"}).json()
+
+    assert not follow["refused"]
+    assert "司法确认" in follow["query"]
+    assert {c["title"] for c in follow["citations"]} == {"最高人民法院关于人民调解协议司法确认程序的若干规定"}
+    assert stranger["refused"]  # another session has no history to lean on
+
+
+def test_deleting_a_session_makes_the_follow_up_stand_alone(data_dir, embedder):
+    with _client(data_dir, embedder) as client:
+        client.post("/api/chat", json={"question": FIRST, "session_id": "resident-1"})
+
+        assert client.delete("/api/chat/sessions/resident-1").status_code == 204
+        after = client.post("/api/chat", json={"question": FOLLOW_UP, "session_id": "resident-1"}).json()
+
+    assert after["refused"]
+
+
+def test_an_overlong_session_id_is_rejected_in_chinese(data_dir, embedder):
+    with _client(data_dir, embedder) as client:
+        r = client.post("/api/chat", json={"question": FIRST, "session_id": "x" * 200})
+
+    assert r.status_code == 422
+    assert "会话 ID" in r.json()["detail"]

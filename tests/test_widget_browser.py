@@ -1,0 +1,307 @@
+"""The widget in a real headless Chromium (Debian's package, driven by Playwright) against real uvicorn servers on
+127.0.0.1: the demo page, a narrow phone screen, another site embedding the widget, and markup that must stay text.
+Screenshots for the README are written to docs/widget.png and docs/widget-phone.png."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import textwrap
+
+import pytest
+
+from assistant.api import create_app
+from assistant.config import PROJECT_ROOT, Settings, StaffSettings, WebSettings
+from assistant.service import build_service
+
+pytestmark = pytest.mark.browser
+playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+DOCS = PROJECT_ROOT / "docs"
+PROPERTY_FEE = "物业费不交会怎么样？"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("Debian's chromium is not installed (scripts/test installs it: apt-get install chromium)")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def _app(service, **web):
+    settings = service.settings.model_copy(update={"web": WebSettings(**web),
+                                                   "staff": StaffSettings(console_enabled=False)})
+    return create_app(settings, service)
+
+
+@pytest.fixture(scope="module")
+def service(kb_data_dir, embedder, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("widget-browser") / "data"
+    shutil.copytree(kb_data_dir, data_dir)
+    return build_service(Settings(data_dir=data_dir), embedder)
+
+
+@pytest.fixture(scope="module")
+def base_url(service, live_server):
+    with live_server(_app(service, rate_limit_per_minute=0)) as url:
+        yield url
+
+
+def _widget(page):
+    """Locators for the widget's parts (Playwright's CSS and role locators reach into its open shadow root)."""
+    return {
+        "bubble": page.locator("#xiaoyu-widget .xy-bubble"),
+        "panel": page.locator("#xiaoyu-widget .xy-panel"),
+        "input": page.get_by_role("textbox", name="输入您的问题"),
+        "answers": page.locator("#xiaoyu-widget .xy-assistant.xy-done"),
+        "card": page.locator("#xiaoyu-widget .xy-card"),
+    }
+
+
+def _ask(page, question: str):
+    w = _widget(page)
+    before = w["answers"].count()
+    w["input"].fill(question)
+    w["input"].press("Enter")
+    expect(w["answers"]).to_have_count(before + 1, timeout=60_000)
+    return w["answers"].last
+
+
+def test_resident_asks_on_the_demo_page_and_opens_the_cited_source(browser, base_url, service):
+    expected = service.ask(PROPERTY_FEE)  # what the widget must show, word for word
+    first = expected.citations[0]
+    page = browser.new_page(viewport={"width": 1280, "height": 820}, locale="zh-CN")
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(f"{base_url}/")
+    w = _widget(page)
+
+    bubble = page.get_by_role("button", name="打开社区小助手")
+    expect(bubble).to_be_visible()
+    box = bubble.bounding_box()
+    assert box["x"] > 1280 / 2 and box["y"] > 820 / 2  # bottom-right
+    bubble.click()
+    expect(w["panel"]).to_be_visible()
+    expect(page.get_by_role("dialog", name="社区小助手")).to_be_visible()
+    expect(w["bubble"]).to_have_attribute("aria-expanded", "true")
+    expect(w["input"]).to_be_focused()
+    expect(w["panel"]).to_contain_text("您好！我是社区小助手小玉")  # data-welcome from the tag
+    examples = page.get_by_role("group", name="示例问题")
+    for topic in ("物业", "调解", "党建"):
+        expect(examples).to_contain_text(topic)
+
+    with page.expect_response(lambda r: r.url.endswith("/api/chat/stream")) as streamed:
+        answer = _ask(page, PROPERTY_FEE)
+    assert streamed.value.headers["content-type"].startswith("text/event-stream")
+    expect(answer.locator(".xy-text")).to_have_text(expected.text)
+    assert answer.get_by_role("button", name=re.compile(r"^查看引用\d：")).count() == expected.text.count("【")
+
+    answer.get_by_role("button", name=re.compile(r"^查看引用1：")).first.click()
+    card = w["card"]
+    expect(card).to_be_visible()
+    expect(card).to_contain_text(f"【1】《{first.title}》")
+    expect(card).to_contain_text(first.section.rsplit(" > ", 1)[-1])  # 第X条
+    assert re.fullmatch(r"第[一二三四五六七八九十百千]+条", first.section.rsplit(" > ", 1)[-1])
+    expect(card).to_contain_text(first.issuer)
+    expect(card).to_contain_text(first.date)
+    expect(card.locator("blockquote")).to_have_text(first.quote)
+    link = card.get_by_role("link", name="查看原文")
+    assert link.get_attribute("href").endswith(f"/sources/{first.chunk_id}#cited")
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "widget.png"))
+
+    with page.context.expect_page() as opened:
+        link.click()
+    source = opened.value
+    source.wait_for_load_state()
+    cited = source.locator("mark#cited")
+    expect(cited).to_be_visible()
+    expect(cited).to_contain_text(first.quote[:40])
+    expect(source.locator("h1")).to_have_text(first.title)
+    source.close()
+
+    # Keyboard: Escape closes the card (focus back on its marker), then the panel (focus back on the bubble).
+    page.keyboard.press("Escape")
+    expect(card).to_be_hidden()
+    expect(answer.get_by_role("button", name=re.compile(r"^查看引用1：")).first).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(w["panel"]).to_be_hidden()
+    expect(w["bubble"]).to_be_focused()
+    expect(w["bubble"]).to_have_attribute("aria-expanded", "false")
+
+    assert requested and all(url.startswith(base_url) for url in requested), requested  # nothing from a CDN
+    page.close()
+
+
+def test_conversation_survives_a_reload_and_new_conversation_resets_it(browser, base_url):
+    page = browser.new_page(viewport={"width": 1280, "height": 820})
+    page.goto(f"{base_url}/")
+    w = _widget(page)
+    w["bubble"].focus()
+    page.keyboard.press("Enter")  # the bubble opens from the keyboard
+    expect(w["panel"]).to_be_visible()
+    _ask(page, "调解协议怎么申请司法确认？")
+    session_id = page.evaluate("() => JSON.parse(Object.entries(localStorage)[0][1]).sessionId")
+
+    page.reload()
+    w["bubble"].click()
+    expect(w["answers"]).to_have_count(1)
+    expect(page.locator("#xiaoyu-widget .xy-user .xy-text")).to_have_text(["调解协议怎么申请司法确认？"])
+    # The server kept the history too: the follow-up is understood.
+    follow = _ask(page, "要多久？")
+    expect(follow).to_contain_text("司法确认")
+
+    page.get_by_role("button", name=re.compile("^新对话")).click()
+    expect(page.locator("#xiaoyu-widget .xy-user")).to_have_count(0)
+    expect(w["input"]).to_be_focused()
+    new_id = page.evaluate("() => JSON.parse(Object.entries(localStorage)[0][1]).sessionId")
+    assert new_id != session_id
+    page.close()
+
+
+def test_markup_in_a_question_stays_text(browser, base_url):
+    page = browser.new_page()
+    page.goto(f"{base_url}/")
+    _widget(page)["bubble"].click()
+    hostile = "<script>window.__pwned='script'</script><img src=x onerror=\"window.__pwned='img'\">物业费不交会怎么样？"
+
+    _ask(page, hostile)
+
+    expect(page.locator("#xiaoyu-widget .xy-user .xy-text").last).to_have_text(hostile)
+    assert page.locator("#xiaoyu-widget img, #xiaoyu-widget .xy-log script").count() == 0
+    assert page.evaluate("() => window.__pwned") is None
+    page.close()
+
+
+HOSTILE_DOC = textwrap.dedent("""\
+    # 春晖小区管理规约
+
+    第一条 业主应当在小区划定的停车位内停放机动车辆。<script>window.__pwned = "doc"</script>
+    第二条 业主饲养宠物应当遵守养犬管理规定，<img src=x onerror="window.__pwned='img'">不得干扰他人正常生活。
+    第三条 业主装修房屋，应当事先告知物业服务企业。
+    """)
+
+
+@pytest.fixture(scope="module")
+def hostile_url(embedder, tmp_path_factory, live_server):
+    """A knowledge base whose document and title carry markup, as a careless upload might."""
+    root = tmp_path_factory.mktemp("hostile-kb")
+    (root / "物业").mkdir()
+    (root / "物业" / "管理规约.md").write_text(HOSTILE_DOC, encoding="utf-8")
+    manifest = [{"file": "物业/管理规约.md", "title": "<i>春晖</i>小区管理规约", "category": "物业",
+                 "issuer": "春晖小区<b>业主大会</b>", "date": "2024-01-01", "kind": "法规"}]
+    (root / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+    service = build_service(Settings(data_dir=root.parent / "hostile-data", knowledge_base=root), embedder)
+    assert not service.ingest([root]).failed
+    with live_server(_app(service)) as url:
+        yield url
+
+
+def test_markup_in_a_document_stays_text_in_answer_card_and_source_page(browser, hostile_url):
+    page = browser.new_page()
+    page.goto(f"{hostile_url}/")
+    w = _widget(page)
+    w["bubble"].click()
+
+    answer = _ask(page, "业主应当在哪里停放机动车辆？")
+    expect(answer).to_contain_text('<script>window.__pwned = "doc"</script>')
+    answer.get_by_role("button", name=re.compile(r"^查看引用1：")).first.click()
+    expect(w["card"]).to_contain_text("《<i>春晖</i>小区管理规约》")
+    expect(w["card"]).to_contain_text("春晖小区<b>业主大会</b>")
+    assert page.locator("#xiaoyu-widget img, #xiaoyu-widget i, #xiaoyu-widget b, #xiaoyu-widget .xy-log script").count() == 0
+
+    with page.context.expect_page() as opened:
+        w["card"].get_by_role("link", name="查看原文").click()
+    source = opened.value
+    source.wait_for_load_state()
+    expect(source.locator("mark#cited")).to_contain_text('<script>window.__pwned = "doc"</script>')
+    expect(source.locator("main")).to_contain_text("<img src=x onerror=")
+    assert source.locator("main img, main script, h1 i").count() == 0
+    assert source.evaluate("() => window.__pwned") is None
+    assert page.evaluate("() => window.__pwned") is None
+    page.close()
+
+
+def test_phone_width_panel_fills_the_screen(browser, base_url):
+    context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2, is_mobile=True,
+                                  has_touch=True, locale="zh-CN", reduced_motion="reduce")  # no opening animation
+    page = context.new_page()
+    page.goto(f"{base_url}/")
+    w = _widget(page)
+    w["bubble"].tap()
+
+    box = w["panel"].bounding_box()
+    assert (box["x"], box["y"], box["width"], box["height"]) == (0, 0, 375, 740)
+    expect(w["bubble"]).to_be_hidden()  # it would cover the send button
+    page.get_by_role("button", name=re.compile("调解协议怎么申请司法确认")).tap()
+    expect(w["answers"]).to_have_count(1, timeout=60_000)
+    expect(w["answers"].last).to_contain_text("司法确认")
+    send = page.get_by_role("button", name="发送")
+    send_box = send.bounding_box()
+    assert send_box["x"] + send_box["width"] <= 375 and send_box["y"] + send_box["height"] <= 740
+    no_sideways_scroll = page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    assert no_sideways_scroll
+    page.screenshot(path=str(DOCS / "widget-phone.png"))
+
+    page.get_by_role("button", name="关闭对话窗口").tap()
+    expect(w["panel"]).to_be_hidden()
+    expect(w["bubble"]).to_be_visible()
+    context.close()
+
+
+# ---- embedded on another site ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def community_site(service, live_server):
+    """A second real server on another port (so another origin) serving a community page with the one tag.
+    Xiaoyu allows that origin only; the same page reached as http://localhost:… is a different, unlisted origin."""
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    xiaoyu: dict[str, str] = {}
+
+    def home(request):
+        return HTMLResponse(f"""<!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><title>社区</title>
+            </head><body><h1>春晖社区</h1>
+            <script src="{xiaoyu['url']}/widget.js" data-title="春晖社区小助手"></script></body></html>""")
+
+    with (live_server(Starlette(routes=[Route("/", home)])) as site,
+          live_server(_app(service, cors_origins=[site], rate_limit_per_minute=1)) as url):
+        xiaoyu["url"] = url
+        yield site
+
+
+def test_widget_works_embedded_on_an_allowed_site_and_shows_the_limit_message(browser, community_site, service):
+    expected = service.ask(PROPERTY_FEE)
+    page = browser.new_page()
+    page.goto(community_site)
+    page.get_by_role("button", name="打开春晖社区小助手").click()
+
+    answer = _ask(page, PROPERTY_FEE)  # a cross-origin call to the widget's own server
+    expect(answer).to_contain_text("【1】")
+    answer.get_by_role("button", name=re.compile(r"^查看引用1：")).first.click()
+    expect(_widget(page)["card"]).to_contain_text(expected.citations[0].title)
+
+    limited = _ask(page, PROPERTY_FEE)  # this server allows one question a minute
+    expect(limited).to_contain_text("提问太频繁了：每分钟最多可以提 1 个问题")
+    page.close()
+
+
+def test_widget_on_a_site_not_on_the_allowlist_cannot_ask(browser, community_site):
+    page = browser.new_page()
+    page.goto(community_site.replace("127.0.0.1", "localhost"))
+    page.get_by_role("button", name="打开春晖社区小助手").click()
+
+    answer = _ask(page, PROPERTY_FEE)
+
+    expect(answer).to_contain_text("暂时无法连接小玉")
+    expect(answer).not_to_contain_text("【1】")
+    page.close()

@@ -1,0 +1,1 @@
+"""Staff console (Gradio): app.py wires Blocks, handlers.py holds the plain event handlers."""

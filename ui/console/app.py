@@ -1,0 +1,202 @@
+"""The staff console as Gradio Blocks, mounted at /console behind a staff login. Wiring only: handlers.py decides."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import gradio as gr
+from fastapi import FastAPI
+
+from assistant.accounts import StaffAccounts
+from assistant.config import Settings
+from assistant.service import ChatService
+from evals import report
+from evals.runs import RunStore
+from ingest.loaders import CATEGORIES, SUPPORTED
+from ui.console import handlers as h
+
+PATH = "/console"
+CSS = report.CSS + """
+.xy-report pre.chunk, pre.chunk { white-space: pre-wrap; font-family: inherit; margin: .3rem 0 .8rem; }
+.xy-report mark { background: #fde68a; padding: 0 1px; }
+.xy-report .hit { border-bottom: 1px solid #e5e7eb; margin-bottom: .5rem; }
+.verdict { font-size: 1.05rem; margin: .2rem 0; }
+.verdict.refuse { color: #b91c1c; } .verdict.answer { color: #047857; }
+"""
+# Local fonts only: the default theme pulls web fonts from a CDN, and the console must work offline.
+THEME = gr.themes.Soft(primary_hue="red", font=["Noto Sans CJK SC", "PingFang SC", "Microsoft YaHei", "sans-serif"],
+                       font_mono=["Noto Sans Mono CJK SC", "monospace"])
+
+
+def build_console(get_service: Callable[[], ChatService], settings: Settings) -> gr.Blocks:
+    """`get_service` is called per event: the app builds its service in its lifespan, after this runs."""
+    runs = RunStore(settings.data_dir / "eval-runs")
+
+    def docs_update():
+        service = get_service()
+        return h.kb_summary(service), h.document_rows(service)
+
+    def run_dropdowns(selected: str | None = None):
+        choices = h.run_choices(runs)
+        latest = choices[0][1] if choices else None
+        previous = choices[1][1] if len(choices) > 1 else latest
+        return (gr.Dropdown(choices=choices, value=selected or latest), gr.Dropdown(choices=choices, value=previous),
+                gr.Dropdown(choices=choices, value=latest))
+
+    with gr.Blocks(title="小玉 · 内容工作台", analytics_enabled=False) as console:
+        gr.Markdown(f"# 小玉 · 内容工作台\n管理知识库、测试检索、运行评测、查看居民提问。[退出登录]({PATH}/logout)")
+        with gr.Tabs():
+            # ---- knowledge base --------------------------------------------------------------------------------
+            with gr.Tab("知识库", id="kb"):
+                kb_info = gr.Markdown()
+                docs = gr.Dataframe(headers=h.DOC_HEADERS, interactive=False, wrap=True, max_height=380,
+                                    column_widths=["22%", "26%", "7%", "17%", "10%", "7%", "11%"])
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        selected = gr.Textbox(label="选中的文档", interactive=False)
+                        with gr.Row():
+                            confirm = gr.Checkbox(label="确认删除", scale=1)
+                            delete_btn = gr.Button("删除文档", variant="stop", scale=1)
+                            reingest_btn = gr.Button("重新导入（选中文档所在目录；未选则全部）", scale=2)
+                        kb_status = gr.Markdown()
+                        chunks = gr.HTML()
+                    with gr.Column(scale=2):
+                        gr.Markdown("### 上传新文件")
+                        upload = gr.File(label=f"文件（{' '.join(SUPPORTED)}）", file_types=list(SUPPORTED),
+                                         type="filepath")
+                        title = gr.Textbox(label="标题", placeholder="留空则取文件中的标题")
+                        category = gr.Dropdown(list(CATEGORIES), label="分类", value=None)
+                        issuer = gr.Textbox(label="发文机关", placeholder="如：国务院")
+                        date = gr.Textbox(label="日期", placeholder="2024-05-01")
+                        upload_btn = gr.Button("上传并导入", variant="primary")
+                        upload_status = gr.Markdown()
+
+            # ---- hit testing -----------------------------------------------------------------------------------
+            with gr.Tab("命中测试", id="hits"):
+                gr.Markdown("输入居民会问的问题，看检索命中哪些条文、各路得分，以及小玉会作答还是拒答。"
+                            "走的是对话的同一条代码路径（默认混合模式和 top_k 与对话相同）。")
+                with gr.Row():
+                    query = gr.Textbox(label="问题", placeholder="例如：业委会选出来以后要去哪里备案？", scale=4)
+                    mode = gr.Radio(list(h.MODES), value="hybrid", label="检索模式", scale=2)
+                    top_k = gr.Slider(1, 20, value=settings.retrieval.top_k, step=1, label="top_k", scale=1)
+                hit_btn = gr.Button("测试", variant="primary")
+                verdict = gr.HTML()
+                hit_table = gr.Dataframe(headers=h.HIT_HEADERS, interactive=False, wrap=True)
+                hit_cards = gr.HTML()
+
+            # ---- evals -----------------------------------------------------------------------------------------
+            with gr.Tab("评测", id="evals"):
+                with gr.Row():
+                    golden = gr.Dropdown(label="评测集", choices=[], scale=3)
+                    eval_k = gr.Slider(1, 20, value=5, step=1, label="top_k", scale=1)
+                    run_btn = gr.Button("运行评测", variant="primary", scale=1)
+                with gr.Row():
+                    shown_run = gr.Dropdown(label="查看已保存的评测", choices=[], scale=4)
+                run_view = gr.HTML()
+                gr.Markdown("### 对比两次评测（例如修改文档之前和之后）")
+                with gr.Row():
+                    before = gr.Dropdown(label="之前", choices=[])
+                    after = gr.Dropdown(label="之后", choices=[])
+                    compare_btn = gr.Button("对比")
+                compare_view = gr.HTML()
+
+            # ---- question log ----------------------------------------------------------------------------------
+            with gr.Tab("提问记录", id="log"):
+                with gr.Row():
+                    view = gr.Radio(list(h.LOG_VIEWS), value="全部", label="筛选", scale=2)
+                    threshold = gr.Slider(0.5, 1.0, value=settings.staff.low_confidence_below, step=0.005,
+                                          label="低置信度：语义相似度低于", scale=2)
+                    contains = gr.Textbox(label="问题包含", scale=2)
+                    refresh_log = gr.Button("刷新", scale=1)
+                log = gr.Dataframe(headers=h.LOG_HEADERS, interactive=False, wrap=True, max_height=420,
+                                   column_widths=["6%", "9%", "7%", "30%", "6%", "9%", "18%", "15%"])
+                gr.Markdown("### 加入评测集\n点选上表中的一个问题，选出正确的出处和条文（或标记为应当拒答），加入数据目录里的评测集。")
+                with gr.Row():
+                    log_id = gr.Number(label="提问编号", precision=0, interactive=False, scale=1)
+                    log_question = gr.Textbox(label="问题", interactive=False, scale=4)
+                with gr.Row():
+                    expected_source = gr.Dropdown(label="预期出处（文档）", choices=[], scale=3)
+                    expected_section = gr.Dropdown(label="预期条文", choices=[], allow_custom_value=True, scale=2)
+                    out_of_scope = gr.Checkbox(label="应当拒答", scale=1)
+                with gr.Row():
+                    key_facts = gr.Textbox(label="要点（可选，逗号分隔，应出现在回答中）", scale=3)
+                    set_name = gr.Dropdown(label="评测集", choices=[h.DEFAULT_STAFF_SET], value=h.DEFAULT_STAFF_SET,
+                                           allow_custom_value=True, scale=2)
+                    add_btn = gr.Button("加入评测集", variant="primary", scale=1)
+                add_status = gr.Markdown()
+
+        # ---- wiring -------------------------------------------------------------------------------------------
+        def on_load():
+            service = get_service()
+            sets = h.golden_choices(service)
+            return (*docs_update(), gr.Dropdown(choices=sets, value=sets[0] if sets else None),
+                    *run_dropdowns(), h.log_rows(service, "全部", settings.staff.low_confidence_below),
+                    gr.Dropdown(choices=h.source_choices(service)),
+                    gr.Dropdown(choices=h.staff_set_choices(service), value=h.DEFAULT_STAFF_SET))
+
+        console.load(on_load, outputs=[kb_info, docs, golden, shown_run, before, after, log, expected_source,
+                                       set_name])
+
+        def on_doc_select(evt: gr.SelectData):
+            source = evt.row_value[0] if evt.row_value else ""
+            return source, h.chunks_html(get_service(), source)
+
+        docs.select(on_doc_select, outputs=[selected, chunks])
+        upload_btn.click(lambda *a: h.upload_document(get_service(), *a), [upload, title, category, issuer, date],
+                         upload_status).then(docs_update, outputs=[kb_info, docs])
+        delete_btn.click(lambda s, c: h.delete_document(get_service(), s, c), [selected, confirm], kb_status).then(
+            lambda: (*docs_update(), "", "", False), outputs=[kb_info, docs, selected, chunks, confirm])
+        reingest_btn.click(lambda s: h.reingest(get_service(), s), selected, kb_status).then(
+            docs_update, outputs=[kb_info, docs])
+
+        hit_inputs = [query, mode, top_k]
+        hit_btn.click(lambda *a: h.hit_test(get_service(), *a), hit_inputs, [verdict, hit_table, hit_cards])
+        query.submit(lambda *a: h.hit_test(get_service(), *a), hit_inputs, [verdict, hit_table, hit_cards])
+
+        def on_run(golden_label, k, progress=gr.Progress()):
+            html, run_id = h.run_golden(get_service(), runs, golden_label, k,
+                                        lambda n, total: progress((n, total), desc="评测中", unit="题"))
+            return html, *run_dropdowns(run_id)
+
+        run_btn.click(on_run, [golden, eval_k], [run_view, shown_run, before, after])
+        shown_run.change(lambda r: h.show_run(runs, r), shown_run, run_view)
+        compare_btn.click(lambda a, b: h.compare_runs(runs, a, b), [before, after], compare_view)
+
+        log_inputs = [view, threshold]
+        for trigger in (refresh_log.click, view.change, contains.submit):
+            trigger(lambda v, t, c: h.log_rows(get_service(), v, t, contains=c), [*log_inputs, contains], log)
+
+        def on_log_select(evt: gr.SelectData):
+            service = get_service()
+            question_id = evt.row_value[0] if evt.row_value else None
+            question, source, section = h.pick_logged(service, question_id)
+            return (question_id, question, gr.Dropdown(choices=h.source_choices(service), value=source),
+                    gr.Dropdown(choices=h.section_choices(service, source), value=section), False)
+
+        log.select(on_log_select, outputs=[log_id, log_question, expected_source, expected_section, out_of_scope])
+        # .input, not .change: picking a logged question sets the source and its article together.
+        expected_source.input(
+            lambda s: gr.Dropdown(choices=h.section_choices(get_service(), s), value=None), expected_source,
+            expected_section)
+        add_btn.click(lambda *a: h.add_to_golden(get_service(), *a),
+                      [log_id, set_name, expected_source, expected_section, key_facts, out_of_scope], add_status).then(
+            lambda: gr.Dropdown(choices=h.golden_choices(get_service())), outputs=golden)
+    return console
+
+
+def _announce(message: str) -> None:
+    print(f"\n{'=' * 72}\n{message}\n{'=' * 72}\n", file=sys.stderr, flush=True)
+
+
+def mount_console(app: FastAPI, settings: Settings) -> None:
+    """Mount the console at /console with the staff login (see assistant/accounts.py)."""
+    if not settings.staff.console_enabled:
+        return
+    accounts = StaffAccounts.load(settings.staff.console_users.get_secret_value(), settings.data_dir, _announce)
+    gr.mount_gradio_app(
+        app, build_console(lambda: app.state.service, settings), PATH,
+        auth=accounts.check, auth_message="小玉内容工作台：请用工作人员账号登录",
+        footer_links=[], ssr_mode=False, theme=THEME, css=CSS, show_error=True,
+        max_file_size=int(settings.staff.max_upload_mb * 1_000_000),
+    )
