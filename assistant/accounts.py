@@ -5,9 +5,9 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Callable
 
 import bcrypt
 
@@ -76,7 +76,7 @@ class StaffAccounts:
         return ok and hashed is not None
 
     @classmethod
-    def load(cls, spec: str, data_dir: Path, announce: Callable[[str], None]) -> "StaffAccounts":
+    def load(cls, spec: str, data_dir: Path, announce: Callable[[str], None]) -> StaffAccounts:
         """Accounts from settings; else the ones saved in data_dir; else make one now and announce its password.
 
         The generated password is shown once and never stored: only its hash is written, so there is no default

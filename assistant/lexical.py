@@ -31,9 +31,17 @@ class JiebaTokenizer:
 
         jieba.setLogLevel(60)  # jieba prints its cache building to stderr; that is noise in a CLI
         self._tk = jieba.Tokenizer()
+        self.user_dict = user_dict
         if user_dict is not None and user_dict.is_file():
             self._tk.load_userdict(str(user_dict))
         self._tk.initialize()
+
+    @property
+    def user_terms(self) -> set[str]:
+        """The domain dictionary's words (业主委员会, 司法确认, 党龄 …)."""
+        if self.user_dict is None or not self.user_dict.is_file():
+            return set()
+        return {line.split()[0] for line in self.user_dict.read_text(encoding="utf-8").splitlines() if line.strip()}
 
     def tokens(self, text: str) -> list[str]:
         """"业委会怎么成立？" → ["业委会", "成立"]: search-mode cut, lower-cased, stopwords and punctuation dropped."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from assistant.catalog import Catalog, IndexDir
-from assistant.condense import condense
+from assistant.condense import Condenser
 from assistant.config import RetrievalSettings
 from assistant.embedding import Embedder
 from assistant.lexical import JiebaTokenizer, LexicalIndex
@@ -39,15 +39,15 @@ class HybridRetriever:
         tokenizer: JiebaTokenizer,
         settings: RetrievalSettings,
         expander: QueryExpander,
-        max_history_turns: int = 6,
+        condenser: Condenser,
     ):
         self.expander = expander
+        self.condenser = condenser
         self.embedder = embedder
         self.store = store
         self.index_dir = index_dir
         self.tokenizer = tokenizer
         self.settings = settings
-        self.max_history_turns = max_history_turns
         self._lock = threading.Lock()
         self._snap = self._load()
 
@@ -73,7 +73,7 @@ class HybridRetriever:
 
     # ---- search ---------------------------------------------------------------------------------
     def condense(self, question: str, history: Sequence[Turn]) -> str:
-        return condense(question, history, self.max_history_turns)
+        return self.condenser.condense(question, history)
 
     def retrieve(
         self, question: str, history: Sequence[Turn] = (), top_k: int | None = None, mode: Mode = "hybrid"

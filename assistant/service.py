@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from assistant.answering import Answerer, ExtractiveAnswerer, answer_events
 from assistant.catalog import DocRecord, IndexDir
+from assistant.condense import Condenser
 from assistant.config import Settings
 from assistant.embedding import E5Embedder, Embedder, SentenceTransformerEmbedder
 from assistant.guard import is_injection
@@ -218,8 +219,9 @@ def build_service(settings: Settings, embedder: Embedder | None = None) -> ChatS
     index_dir = IndexDir(data_dir)
     pipeline = IngestPipeline(index_dir, store, embedder, LexicalIndex(tokenizer),
                               ChineseSplitter(settings.split.max_chars), settings.embedding.batch_size)
-    retriever = HybridRetriever(embedder, store, index_dir, tokenizer, settings.retrieval, QueryExpander(),
-                                settings.max_history_turns)
+    expander = QueryExpander()
+    rules = Condenser(tokenizer.user_terms | expander.terms, settings.max_history_turns)
+    retriever = HybridRetriever(embedder, store, index_dir, tokenizer, settings.retrieval, expander, rules)
     answerer: Answerer = ExtractiveAnswerer(tokenizer, settings.contact)
     condenser = None
     if settings.llm.enabled:

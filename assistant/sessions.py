@@ -44,6 +44,8 @@ class SessionStore:
     def append(self, session_id: str, *turns: Turn) -> None:
         now = time.time()
         with self._db.connect() as db:
+            # Take the write lock before reading MAX(seq): two concurrent appends must not pick the same seq.
+            db.execute("BEGIN IMMEDIATE")
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM turns WHERE session_id = ?", (session_id,)).fetchone()[0]
             db.executemany(
                 "INSERT INTO turns (session_id, seq, role, content, created_at) VALUES (?, ?, ?, ?, ?)",

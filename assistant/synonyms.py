@@ -21,6 +21,11 @@ class QueryExpander:
         # Longest first, so 加装电梯 wins over 电梯 when both could match the same words.
         self._keys = sorted(self.table, key=len, reverse=True)
 
+    @property
+    def terms(self) -> set[str]:
+        """Every word on either side of the table: the domain's topic words."""
+        return set(self.table) | {t for targets in self.table.values() for t in targets}
+
     def expansions(self, query: str) -> list[str]:
         """"维修基金能修屋顶吗" → ["专项维修资金"]: the official terms missing from the query."""
         found: list[str] = []

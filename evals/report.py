@@ -5,8 +5,8 @@ page: no scripts, no fonts or styles from a CDN, so the file opens offline and c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
-from typing import Sequence
 
 from evals import metrics
 from evals.runs import Comparison, failed_items
@@ -69,8 +69,8 @@ def line_chart_svg(title: str, xs: Sequence[int], series: dict[str, Sequence[flo
                    width: int = 440, height: int = 280) -> str:
     left, right, top, bottom = 46, 110, 34, 40
     pw, ph = width - left - right, height - top - bottom
-    x_of = lambda i: left + (pw * i / max(len(xs) - 1, 1))  # noqa: E731
-    y_of = lambda v: top + ph * (1 - v)  # noqa: E731
+    x_of = lambda i: left + (pw * i / max(len(xs) - 1, 1))
+    y_of = lambda v: top + ph * (1 - v)
     out = [_svg_open(width, height, title), _axes(left, top, pw, ph)]
     for i, x in enumerate(xs):
         out.append(f'<text x="{x_of(i):.1f}" y="{top + ph + 16}" text-anchor="middle" font-size="11">{x}</text>')

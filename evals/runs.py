@@ -133,7 +133,7 @@ COMPARED = ("hit@1", "hit@3", "hit@5", "mrr", "section_accuracy", "section_hit@5
 
 def compare(before: dict, after: dict) -> Comparison:
     """Metric deltas, and which questions a change fixed or broke (matched by question id and text)."""
-    key = lambda i: (i["id"], i["question"])  # noqa: E731
+    key = lambda i: (i["id"], i["question"])
     failed_before = {key(i) for i in failed_items(before)}
     failed_after = {key(i) for i in failed_items(after)}
     common = {key(i) for i in before["items"]} & {key(i) for i in after["items"]}

@@ -37,10 +37,11 @@ def admin(kb_data_dir, embedder, tmp_path):
         yield c
 
 
-def _upload(client, name="充电管理办法.md", data=NOTICE.encode(), category="物业", **form):
+def _upload(client, name="充电管理办法.md", data: bytes | None = None, category="物业", **form):
     fields = {"category": category, "title": "幸福里小区电动自行车充电管理办法", "issuer": "幸福里业主委员会",
               "date": "2024-05-01", **form}
-    return client.post("/admin/documents", headers=AUTH, files={"file": (name, data, "text/markdown")}, data=fields)
+    files = {"file": (name, NOTICE.encode() if data is None else data, "text/markdown")}
+    return client.post("/admin/documents", headers=AUTH, files=files, data=fields)
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token"}, {"Authorization": TOKEN}])

@@ -91,7 +91,7 @@ def test_chunks_of_a_document_show_their_section_paths(kb_service):
 def test_hit_test_shows_lexical_dense_and_fused_scores_and_uses_the_chat_path(kb_service):
     verdict, rows, _ = h.hit_test(kb_service, "业委会选出来以后要去哪里备案？", "hybrid", 5)
     assert len(rows) == 5
-    rank, fused, lexical, dense, lex_rank, dense_rank, source, section = rows[0]
+    rank, fused, lexical, dense, *_ = rows[0]
     assert rank == 1 and fused > 0 and lexical > 0 and 0.5 < dense <= 1
     # what hit testing shows is what chat retrieves
     chat = kb_service.retrieve("业委会选出来以后要去哪里备案？")
@@ -233,3 +233,29 @@ def test_add_to_golden_refuses_incomplete_or_unsafe_input(kb_service, log_id, se
     status = h.add_to_golden(kb_service, log_id, set_name, source, "", "", False)
     assert status.startswith("❌") and expected in status
     assert not list((kb_service.settings.data_dir).rglob("passwd*"))
+
+
+# ---- command line -----------------------------------------------------------------------------------------------
+def test_eval_report_flag_writes_a_standalone_html_report(kb_service, tmp_path, capsys):
+    from assistant.cli import main
+
+    golden = tmp_path / "g.jsonl"
+    golden.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in (GOOD, WRONG, OOS)), encoding="utf-8")
+    out = tmp_path / "report.html"
+    assert main(["eval", str(golden), "--data-dir", str(kb_service.settings.data_dir), "--report", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and html.count("<svg") == 2 and "<script" not in html
+    assert "失败 1 题（共 3 题）" in html and "前 5 个结果里没有预期文档" in html
+
+
+def test_hash_password_command_prints_a_hash_the_console_accepts(monkeypatch, capsys):
+    import io
+
+    from assistant.accounts import StaffAccounts, parse_accounts
+    from assistant.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("青松-2024\n"))
+    assert main(["hash-password", "--user", "lin", "--stdin"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("lin:$2b$")
+    assert StaffAccounts(parse_accounts(line)).check("lin", "青松-2024")

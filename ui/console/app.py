@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import gradio as gr
 from fastapi import FastAPI
@@ -154,7 +154,7 @@ def build_console(get_service: Callable[[], ChatService], settings: Settings) ->
         hit_btn.click(lambda *a: h.hit_test(get_service(), *a), hit_inputs, [verdict, hit_table, hit_cards])
         query.submit(lambda *a: h.hit_test(get_service(), *a), hit_inputs, [verdict, hit_table, hit_cards])
 
-        def on_run(golden_label, k, progress=gr.Progress()):
+        def on_run(golden_label, k, progress=gr.Progress()):  # noqa: B008  (Gradio's documented way to get progress)
             html, run_id = h.run_golden(get_service(), runs, golden_label, k,
                                         lambda n, total: progress((n, total), desc="评测中", unit="题"))
             return html, *run_dropdowns(run_id)

@@ -6,17 +6,25 @@ No Gradio here, so tests call them directly; ui/console/app.py only wires them t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from html import escape
 from pathlib import Path
-from typing import Callable
 
 from assistant.service import ChatService, QuestionError
 from assistant.uploads import DocMeta, UploadError
 from evals import report
 from evals.golden import load_golden
 from evals.runner import run_eval
-from evals.runs import GoldenSetError, RunStore, add_golden_item, compare, golden_sets, run_record, staff_set_path
+from evals.runs import (
+    GoldenSetError,
+    RunStore,
+    add_golden_item,
+    compare,
+    golden_sets,
+    run_record,
+    staff_set_path,
+)
 
 DOC_HEADERS = ["文档", "标题", "分类", "发文机关", "日期", "片段数", "导入时间"]
 HIT_HEADERS = ["排名", "融合分", "词法分 BM25", "语义分 余弦", "词法名次", "语义名次", "文档", "条文"]

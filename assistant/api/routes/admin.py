@@ -40,7 +40,7 @@ class ReportOut(BaseModel):
     summary: str
 
     @classmethod
-    def of(cls, r: IngestReport) -> "ReportOut":
+    def of(cls, r: IngestReport) -> ReportOut:
         return cls(added=r.added, updated=r.updated, unchanged=r.unchanged, removed=r.removed,
                    failed=[{"source": s, "reason": why} for s, why in r.failed], embedded=r.embedded,
                    summary=r.summary())

