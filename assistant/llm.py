@@ -50,7 +50,9 @@ def chat_model(settings: LLMSettings) -> Any:
         timeout=settings.timeout,
         max_retries=0,  # a retry would spend the time budget; the extractive answer is the retry
         temperature=settings.temperature,
-        max_tokens=settings.max_tokens,
+        # As the classic `max_tokens`: LangChain would send `max_completion_tokens`, which llama.cpp and other
+        # compatible servers ignore, letting a small model ramble until the context is full.
+        extra_body={"max_tokens": settings.max_tokens},
     )
 
 
@@ -142,7 +144,8 @@ class _Draft:
     def notes(self) -> tuple[str, ...]:
         notes = [f"LLM 句子：保留 {len(self.kept)}，删除 {len(self.dropped)}"]
         if self.removed:
-            notes.append("删除的引用编号：" + "、".join(f"【{n}】" for n in sorted(self.removed)))
+            shown = sorted(self.removed)
+            notes.append("删除的引用编号：" + "、".join(f"【{n}】" for n in shown[:10]) + ("…" if len(shown) > 10 else ""))
         return (*notes, *self.dropped[:8])
 
 

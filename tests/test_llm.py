@@ -204,6 +204,7 @@ class _Endpoint(ThreadingHTTPServer):
         self.behaviour = behaviour
         self.release = threading.Event()
         self.requests = 0
+        self.last_request: dict = {}
 
     @property
     def base_url(self) -> str:
@@ -219,6 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         request = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
         self.server.requests += 1
+        self.server.last_request = request
         if self.server.behaviour == "error":
             body = json.dumps({"error": {"message": "model crashed", "type": "server_error"}}).encode()
             self.send_response(500)
@@ -289,6 +291,9 @@ def test_build_service_wires_the_llm_answerer_over_http(endpoint, kb_data_dir, e
     assert [(c.index, c.chunk_id) for c in answer.citations] == [(1, top.id)]
     logged = service.questions.recent(1)[0]
     assert (logged.mode, logged.answer) == ("llm", answer.text)
+    # The classic field, which every OpenAI-compatible server honours (llama.cpp ignores max_completion_tokens).
+    assert endpoint.last_request["max_tokens"] == service.settings.llm.max_tokens
+    assert "max_completion_tokens" not in endpoint.last_request
 
 
 @pytest.mark.parametrize("endpoint", ["stall"], indirect=True)

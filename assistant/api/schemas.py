@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -73,8 +74,7 @@ class CitationOut(BaseModel):
 
     @classmethod
     def of(cls, c: Citation) -> "CitationOut":
-        return cls(index=c.index, source=c.source, title=c.title, section=c.section, quote=c.quote,
-                   chunk_id=c.chunk_id, issuer=c.issuer, date=c.date)
+        return cls(**dataclasses.asdict(c))
 
 
 class ChatResponse(BaseModel):
