@@ -15,7 +15,6 @@ import pytest
 from assistant.config import BUNDLED_KB, Settings
 from assistant.embedding import E5Embedder
 
-SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 
 @pytest.fixture(scope="session")

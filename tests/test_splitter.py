@@ -7,9 +7,9 @@ import pytest
 from assistant.types import SourceDoc
 from ingest.loaders import discover, load_file, load_manifest
 from ingest.splitter import ChineseSplitter
-from tests.conftest import SHARED_CORPUS
+from assistant.config import BUNDLED_KB
 
-ROOT = SHARED_CORPUS
+ROOT = BUNDLED_KB  # the demo corpus, copied from ../shared/corpus with its manifest
 SPLITTER = ChineseSplitter(360)
 
 
