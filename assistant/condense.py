@@ -47,13 +47,3 @@ class Condenser:
             context = f"{earlier[-2]} {context}"
         return f"{context} {question}"
 
-
-_PLAIN = Condenser()
-
-
-def needs_context(question: str) -> bool:  # TODO(lead): remove once llm.py takes a Condenser
-    return _PLAIN.needs_context(question)
-
-
-def condense(question: str, history: Sequence[Turn], max_turns: int = 6) -> str:  # TODO(lead): likewise
-    return Condenser(max_turns=max_turns).condense(question, history)

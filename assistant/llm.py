@@ -17,8 +17,7 @@ import time
 from typing import Any, Iterator, Sequence
 
 from assistant.answering import ExtractiveAnswerer, answer_events
-from assistant.condense import condense as rule_condense
-from assistant.condense import needs_context
+from assistant.condense import Condenser
 from assistant.config import LLMSettings
 from assistant.types import Answer, Citation, Retrieval, StreamEvent, Turn
 from assistant.verify import SentenceBuffer, SupportVerifier, attach, bigrams
@@ -229,15 +228,16 @@ class LLMCondenser:
     """Rewrites a follow-up ("要多久？") into a standalone question with the LLM; the rule-based condensation is
     used for questions that stand alone, and whenever the LLM fails, is late or returns something unusable."""
 
-    def __init__(self, model: Any, settings: LLMSettings, max_turns: int = 6, share: float = 0.3):
+    def __init__(self, model: Any, settings: LLMSettings, rules: Condenser, share: float = 0.3):
         self.model = model
         self.settings = settings
-        self.max_turns = max_turns
+        self.rules = rules
+        self.max_turns = rules.max_turns
         self.share = share  # of the remaining time budget: the answer itself needs the rest
 
     def condense(self, question: str, history: Sequence[Turn], deadline: float | None = None) -> str:
-        fallback = rule_condense(question, history, self.max_turns)
-        if not history or not needs_context(question):
+        fallback = self.rules.condense(question, history)
+        if not history or not self.rules.needs_context(question):
             return fallback  # a standalone question costs no model call
         now = time.monotonic()
         remaining = (deadline - now) if deadline is not None else self.settings.timeout

@@ -230,7 +230,7 @@ def build_service(settings: Settings, embedder: Embedder | None = None) -> ChatS
 
         model = chat_model(settings.llm)
         answerer = LLMAnswerer(model, answerer, SupportVerifier(settings.llm.support_threshold), settings.llm)
-        condenser = LLMCondenser(model, settings.llm, settings.max_history_turns) if settings.llm.condense else None
+        condenser = LLMCondenser(model, settings.llm, rules) if settings.llm.condense else None
     sessions = SessionStore(data_dir / "sessions.sqlite3", 2 * settings.max_history_turns,
                             settings.session_ttl_hours * 3600)
     questions = QuestionLog(data_dir / "questions.sqlite3")

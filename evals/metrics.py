@@ -14,11 +14,11 @@ def _norm(s: str) -> str:
 
 def section_matches(expected: str, actual: str) -> bool:
     """"第五条" matches "第一章　党员 > 第五条" (its leaf); "第六章" matches any section under 第六章."""
-    e, a = _norm(expected), _norm(actual)
+    e = _norm(expected)
     if not e:
         return True
     leaf = _norm(actual.rsplit(">", 1)[-1])
-    return e == leaf or any(_norm(part) .startswith(e) for part in actual.split(">"))
+    return e == leaf or any(_norm(part).startswith(e) for part in actual.split(">"))
 
 
 def hit_matches(expected_sources: Sequence[str], expected_sections: Sequence[str], source: str, section: str,

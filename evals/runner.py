@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 import dataclasses
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from assistant.config import LLMSettings
-from assistant.verify import SentenceBuffer, SupportVerifier, attach, citation_numbers, cn_to_number, numbers_in
+from assistant.verify import (
+    SentenceBuffer,
+    SupportVerifier,
+    attach,
+    citation_numbers,
+    cn_to_number,
+    numbers_in,
+)
 
 # Chunk texts as retrieval hands them over: a context header line, then the provision.
 FEE = ("物业管理条例 第六章 物业的使用与维护 > 第四十一条\n"
