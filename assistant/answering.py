@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
 
 from assistant.lexical import JiebaTokenizer
 from assistant.types import Answer, Citation, Retrieval, ScoredChunk, StreamEvent

@@ -52,7 +52,7 @@ class Catalog:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "Catalog":
+    def from_json(cls, data: dict) -> Catalog:
         docs = {d["source"]: DocRecord(**{**d, "chunk_ids": tuple(d["chunk_ids"])}) for d in data["docs"]}
         chunks = {c["id"]: Chunk(**c) for c in data["chunks"]}
         return cls(data["embedder"], data["split_signature"], docs, chunks, data["generation"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -15,10 +15,7 @@ USER_DICT = BUNDLED_KB / "userdict.dic"
 
 # Function words residents type but documents don't share meaningfully; removing them keeps BM25 on content.
 STOPWORDS = frozenset(
-    """的 了 是 吗 呢 吧 啊 呀 么 嘛 和 与 及 或 在 对 从 把 被 给 让 向 就 都 也 还 又 再 很 最 更 要 会 能 可 可以 应该 需要
-    我 你 他 她 它 我们 你们 他们 咱们 自己 这 那 这个 那个 这些 那些 这样 那样 什么 怎么 怎么办 怎样 如何 为什么 哪 哪些 哪里 哪个 多少 多久
-    有 没有 没 不 是不是 能不能 可不可以 有没有 一下 一个 一些 请问 请 想 知道 问 问下 问一下 谢谢 您好 你好 吗？ 呢？ 如果 但是 因为 所以 然后 现在 已经
-    """.split()
+    ["的", "了", "是", "吗", "呢", "吧", "啊", "呀", "么", "嘛", "和", "与", "及", "或", "在", "对", "从", "把", "被", "给", "让", "向", "就", "都", "也", "还", "又", "再", "很", "最", "更", "要", "会", "能", "可", "可以", "应该", "需要", "我", "你", "他", "她", "它", "我们", "你们", "他们", "咱们", "自己", "这", "那", "这个", "那个", "这些", "那些", "这样", "那样", "什么", "怎么", "怎么办", "怎样", "如何", "为什么", "哪", "哪些", "哪里", "哪个", "多少", "多久", "有", "没有", "没", "不", "是不是", "能不能", "可不可以", "有没有", "一下", "一个", "一些", "请问", "请", "想", "知道", "问", "问下", "问一下", "谢谢", "您好", "你好", "吗？", "呢？", "如果", "但是", "因为", "所以", "然后", "现在", "已经"]
 )
 _TOKEN_OK = re.compile(r"[\w\u4e00-\u9fff]")
 

@@ -14,7 +14,8 @@ import queue
 import re
 import threading
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from assistant.answering import ExtractiveAnswerer, answer_events
 from assistant.condense import Condenser

@@ -3,11 +3,12 @@ used to decide whether the knowledge base covers a question at all."""
 
 from __future__ import annotations
 
-import threading
 import math
+import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 from assistant.catalog import Catalog, IndexDir
 from assistant.condense import Condenser

@@ -4,9 +4,10 @@ build_service() is the only place concrete classes are constructed."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from assistant.answering import Answerer, ExtractiveAnswerer, answer_events
 from assistant.catalog import DocRecord, IndexDir

@@ -15,8 +15,8 @@ so a made-up rule about 物业费 would "match" any provision about 物业费.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 # 【1】, 【1,2】, 【1】【3】, [2], 【资料1】: models write all of these; we only ever output 【n】.
 _MARKER = re.compile(r"【\s*(?:资料|来源|出处|文件)?\s*(\d+(?:\s*[,，、]\s*\d+)*)\s*】|\[\s*(\d+(?:\s*[,，、]\s*\d+)*)\s*\]")

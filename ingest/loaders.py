@@ -33,7 +33,7 @@ _CRUFT = [
         r"^\d{4}-\d{2}-\d{2} ——.* \d+ \d+ \S+日报",  # e-paper footer: "2023-06-30 ——标题 2 2 滁州日报 content…"
     )
 ]
-_HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _ARTICLE_LINE = re.compile(r"^\s*第[零〇一二三四五六七八九十百千]+条")
 
 

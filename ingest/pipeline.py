@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -135,7 +135,7 @@ class IngestPipeline:
             return report  # nothing to embed or commit: the index stays exactly as it was
 
         catalog = Catalog(self.embedder.name, self.split_signature, generation=previous.generation)
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         for source, rec in docs.items():
             if source not in fresh:
                 catalog.docs[source] = rec  # a doc from another root keeps its chunks until that root is re-ingested

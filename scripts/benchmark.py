@@ -21,10 +21,10 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from assistant.api import create_app  # noqa: E402
-from assistant.config import Settings  # noqa: E402
-from assistant.service import build_service  # noqa: E402
-from evals.golden import load_golden  # noqa: E402
+from assistant.api import create_app
+from assistant.config import Settings
+from assistant.service import build_service
+from evals.golden import load_golden
 
 
 def free_port() -> int:

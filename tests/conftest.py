@@ -16,7 +16,6 @@ from assistant.config import BUNDLED_KB, Settings
 from assistant.embedding import E5Embedder
 
 
-
 @pytest.fixture(scope="session")
 def embedder() -> E5Embedder:
     return E5Embedder()
@@ -69,6 +68,16 @@ def kb_service(kb_data_dir, embedder, tmp_path):
     from assistant.service import build_service
 
     data_dir = tmp_path / "data"
+    shutil.copytree(kb_data_dir, data_dir)
+    return build_service(make_settings(data_dir), embedder)
+
+
+@pytest.fixture(scope="module")
+def module_service(kb_data_dir, embedder, tmp_path_factory):
+    """Like kb_service, shared by one test module (its sessions and question log too)."""
+    from assistant.service import build_service
+
+    data_dir = tmp_path_factory.mktemp("module") / "data"
     shutil.copytree(kb_data_dir, data_dir)
     return build_service(make_settings(data_dir), embedder)
 

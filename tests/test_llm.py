@@ -257,7 +257,7 @@ def longest_sentence(source: str) -> str:
 def scripted_reply(prompt: str) -> str:
     """What the scripted endpoint answers: a sentence copied from source 【1】 of the prompt, correctly cited,
     then a made-up one citing 【2】."""
-    first_source = re.search(r"^【1】(.*?)(?=\n\n【2】|\n\n问题：)", prompt, re.S | re.M).group(1)
+    first_source = re.search(r"^【1】(.*?)(?=\n\n【2】|\n\n问题：)", prompt, re.DOTALL | re.MULTILINE).group(1)
     return f"{longest_sentence(first_source)}【1】。物业可以停水停电催交物业费【2】。"
 
 

@@ -4,7 +4,6 @@ uvicorn server on 127.0.0.1 over the demo knowledge base, in both streaming and 
 from __future__ import annotations
 
 import json
-import shutil
 
 import httpx
 import openai
@@ -14,7 +13,6 @@ from langchain_openai import ChatOpenAI
 
 from assistant.api import create_app
 from assistant.config import Settings, StaffSettings, WebSettings
-from assistant.service import build_service
 
 FIRST = "调解协议怎么申请司法确认？"
 FOLLOW_UP = "要多久？"  # refused on its own; answered from 司法确认 provisions with FIRST as history
@@ -22,10 +20,8 @@ CONFIRMATION_RULES = "最高人民法院关于人民调解协议司法确认程�
 
 
 @pytest.fixture(scope="module")
-def service(kb_data_dir, embedder, tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("openai") / "data"
-    shutil.copytree(kb_data_dir, data_dir)
-    return build_service(Settings(data_dir=data_dir), embedder)
+def service(module_service):
+    return module_service
 
 
 def _settings(service, **web) -> Settings:

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from assistant.config import BUNDLED_KB
 from assistant.types import SourceDoc
 from ingest.loaders import discover, load_file, load_manifest
 from ingest.splitter import ChineseSplitter
-from assistant.config import BUNDLED_KB
 
 ROOT = BUNDLED_KB  # the demo corpus, copied from ../shared/corpus with its manifest
 SPLITTER = ChineseSplitter(360)

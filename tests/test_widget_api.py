@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import textwrap
 
 import httpx
@@ -22,10 +21,8 @@ SHEQU = "https://shequ.example"
 
 
 @pytest.fixture(scope="module")
-def service(kb_data_dir, embedder, tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("widget-api") / "data"
-    shutil.copytree(kb_data_dir, data_dir)
-    return build_service(Settings(data_dir=data_dir), embedder)
+def service(module_service):
+    return module_service
 
 
 def make_app(service, **web):

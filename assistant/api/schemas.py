@@ -40,7 +40,7 @@ class HitOut(BaseModel):
     end: int
 
     @classmethod
-    def of(cls, hit: ScoredChunk) -> "HitOut":
+    def of(cls, hit: ScoredChunk) -> HitOut:
         c = hit.chunk
         return cls(
             id=c.id, source=c.source, title=c.title, section=c.section, text=c.text, score=round(hit.score, 6),
@@ -73,7 +73,7 @@ class CitationOut(BaseModel):
     date: str = ""
 
     @classmethod
-    def of(cls, c: Citation) -> "CitationOut":
+    def of(cls, c: Citation) -> CitationOut:
         return cls(**dataclasses.asdict(c))
 
 
@@ -85,6 +85,6 @@ class ChatResponse(BaseModel):
     session_id: str | None = None
 
     @classmethod
-    def of(cls, answer: Answer, session_id: str | None = None) -> "ChatResponse":
+    def of(cls, answer: Answer, session_id: str | None = None) -> ChatResponse:
         return cls(answer=answer.text, refused=answer.refused, citations=[CitationOut.of(c) for c in answer.citations],
                    query=answer.query, session_id=session_id)
