@@ -4,7 +4,6 @@ used to decide whether the knowledge base covers a question at all."""
 from __future__ import annotations
 
 import math
-import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +48,6 @@ class HybridRetriever:
         self.index_dir = index_dir
         self.tokenizer = tokenizer
         self.settings = settings
-        self._lock = threading.Lock()
         self._snap = self._load()
 
     # ---- index lifecycle ------------------------------------------------------------------------
@@ -63,10 +61,9 @@ class HybridRetriever:
         return _Snapshot(catalog, lexical, tokens, idf, math.log(1 + n))
 
     def reload(self) -> None:
-        """Pick up a newly committed generation. Requests in flight keep the snapshot they started with."""
-        snap = self._load()
-        with self._lock:
-            self._snap = snap
+        """Pick up a newly committed generation. Requests in flight keep the snapshot they started with: each
+        retrieve() reads self._snap once, and rebinding an attribute is atomic."""
+        self._snap = self._load()
 
     @property
     def catalog(self) -> Catalog:
