@@ -29,7 +29,7 @@ def _progress():
     bars = {}
 
     def update(phase: str, done: int, total: int) -> None:
-        label = {"files": "读取文件", "chunks": "嵌入片段"}.get(phase, phase)
+        label = {"files": "读取文件", "chunks": "嵌入片段", "sentences": "嵌入句子"}.get(phase, phase)
         bar = bars.get(phase) or bars.setdefault(phase, tqdm(total=total, desc=label, unit="个", leave=True))
         bar.total = total
         bar.n = done
@@ -47,10 +47,10 @@ def _print_report(report) -> None:
 
 
 def cmd_ingest(args) -> int:
-    from assistant.service import build_service
+    from assistant.services import build_services
 
-    service = build_service(_settings(args))
-    report = service.ingest([Path(p) for p in args.paths], _progress())
+    knowledge = build_services(_settings(args)).knowledge
+    report = knowledge.ingest([Path(p) for p in args.paths], _progress())
     _print_report(report)
     return 1 if report.failed and not (report.added or report.updated or report.unchanged) else 0
 
@@ -59,28 +59,29 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from assistant.api import create_app
-    from assistant.service import build_service
+    from assistant.services import build_services
 
     settings = _settings(args)
-    service = build_service(settings)
-    if service.is_empty:
+    services = build_services(settings)
+    if services.knowledge.is_empty:
         print(f"数据目录 {settings.data_dir} 为空，正在导入知识库 {settings.knowledge_base} …", file=sys.stderr)
-        _print_report(service.ensure_ingested(_progress()))
-    app = create_app(settings, service)
+        _print_report(services.knowledge.ensure_ingested(_progress()))
+    app = create_app(settings, services)
     print(f"小玉已启动：http://{args.host}:{args.port}/  （API 文档 /docs）", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
 
 def cmd_ask(args) -> int:
-    from assistant.service import QuestionError, build_service
+    from assistant.errors import XiaoyuError
+    from assistant.services import build_services
 
-    service = build_service(_settings(args))
-    service.ensure_ingested(_progress())
+    services = build_services(_settings(args))
+    services.knowledge.ensure_ingested(_progress())
     try:
-        answer = service.ask(args.question)
-    except QuestionError as exc:
-        print(str(exc), file=sys.stderr)
+        answer = services.chat.ask(args.question)
+    except XiaoyuError as exc:
+        print(exc.user_message, file=sys.stderr)
         return 2
     if args.json:
         from assistant.api.schemas import ChatResponse
@@ -96,45 +97,92 @@ def cmd_ask(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from assistant.service import build_service
-    from evals.golden import load_golden
-    from evals.runner import answer_mode_results, extractive_only, format_answer_modes, format_table, run_eval
+    from assistant.services import build_services
 
-    service = build_service(_settings(args))
-    service.ensure_ingested(_progress())
-    if args.answer_mode == "extractive":
-        service = extractive_only(service)
-    items = load_golden(Path(args.file))
-    result = run_eval(service, items, args.top_k)
-    print(format_table(result))
-    print(format_answer_modes(answer_mode_results(service, items, args.top_k, args.answer_mode, result)))
-    if args.by_category:
-        for cat, m in result.by_category.items():
-            print(f"[{cat}] hit@5 {m['hit@5']:.3f} MRR {m['mrr']:.3f} section@1 {m['section_accuracy']:.3f} "
-                  f"refusal {m['refusal_accuracy']:.3f} false-refusal {m['false_refusal_rate']:.3f}")
-    if args.failures:
-        for r in result.failures:
-            got = "; ".join(f"{h['source'].split('/')[-1]} {h['section'].rsplit(' > ', 1)[-1]}" for h in r.retrieved[:3])
-            print(f"- {r.id} {r.question!r} refused={r.refused} doc_rank={r.doc_rank} sec_rank={r.section_rank} "
-                  f"facts={r.fact_recall:.2f}\n    expected {r.expected_sources} {r.expected_sections}\n    got {got}"
-                  f"\n    {r.covered_reason}")
+    settings = _settings(args)
+    services = build_services(settings)
+    services.knowledge.ensure_ingested(_progress())
+    # The same knowledge base answering without the LLM, to compare answer modes (None: there is no LLM).
+    extractive = None
+    if settings.llm.enabled and args.answer_mode != "llm":
+        extractive = build_services(settings.model_copy(update={"llm": settings.llm.model_copy(
+            update={"base_url": ""})})).chat
+    chat = extractive if args.answer_mode == "extractive" and extractive is not None else services.chat
+
+    def run_file(file: str, several: bool) -> dict:
+        """Run one eval file and print its table (unless JSON goes to stdout); returns its JSON document."""
+        from evals.conversations import (
+            format_conversation_table,
+            is_conversations_file,
+            load_conversations,
+            run_conversations,
+        )
+        from evals.golden import load_golden
+        from evals.runner import answer_mode_results, format_answer_modes, format_table, run_eval
+
+        to_stdout = args.json == "-"
+        show = (lambda *a, **k: None) if to_stdout else print  # stdout carries nothing but the JSON then
+        if several:
+            show(f"== {file} ==")
+        conversations = is_conversations_file(Path(file))
+        if conversations:
+            result = run_conversations(chat, load_conversations(Path(file)), args.top_k)
+            show(format_conversation_table(result))
+        else:
+            items = load_golden(Path(file))
+            result = run_eval(chat, items, args.top_k)
+            show(format_table(result))
+            # Answer modes compare two runs of the same questions; conversations would need their own replay.
+            show(format_answer_modes(answer_mode_results(extractive, items, args.top_k, args.answer_mode, result)))
+        if args.by_category:
+            for cat, m in result.by_category.items():
+                show(f"[{cat}] hit@5 {m['hit@5']:.3f} MRR {m['mrr']:.3f} section@1 {m['section_accuracy']:.3f} "
+                     f"refusal {m['refusal_accuracy']:.3f} false-refusal {m['false_refusal_rate']:.3f}")
+        if args.failures:
+            for r in result.failures:
+                got = "; ".join(f"{h['source'].split('/')[-1]} {h['section'].rsplit(' > ', 1)[-1]}" for h in r.retrieved[:3])
+                show(f"- {r.id} {r.question!r} refused={r.refused} doc_rank={r.doc_rank} sec_rank={r.section_rank} "
+                     f"facts={r.fact_recall:.2f}\n    expected {r.expected_sources} {r.expected_sections}\n    got {got}"
+                     f"\n    {r.covered_reason}\n    expect={r.expected} kind={r.kind} article_rank={r.article_rank} "
+                     f"answer {r.answer[:80]!r}")
+        if args.report:
+            from ui.console.report import standalone_html
+            from ui.console.runs import run_record
+
+            out = Path(args.report)
+            if several:  # one page per file: out.html → out-dev.html, out-dev_conversations.html
+                out = out.with_name(f"{out.stem}-{Path(file).stem}{out.suffix}")
+            docs = services.knowledge.documents()
+            run = run_record(result, file, args.top_k, len(docs), sum(len(d.chunk_ids) for d in docs))
+            out.write_text(standalone_html(run), encoding="utf-8")
+            print(f"报告已写入 {out}", file=sys.stderr)
+        return {"file": file, "format": "conversations" if conversations else "questions", **result.to_json()}
+
+    several = len(args.files) > 1
+    runs = []
+    for n, file in enumerate(args.files):
+        if n and args.json != "-":
+            print()
+        try:
+            runs.append(run_file(file, several))
+        except (OSError, ValueError) as exc:  # a missing or malformed set: say which, without a traceback
+            print(f"评测集无法读取：{exc}", file=sys.stderr)
+            return 2
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
-    if args.report:
-        from evals.report import standalone_html
-        from evals.runs import run_record
-
-        docs = service.documents()
-        run = run_record(result, args.file, args.top_k, len(docs), sum(len(d.chunk_ids) for d in docs))
-        Path(args.report).write_text(standalone_html(run), encoding="utf-8")
-        print(f"报告已写入 {args.report}", file=sys.stderr)
+        # One file: its run, as `--json out.json` always wrote it (plus file and format); several: all of them.
+        doc = {"runs": runs} if several else runs[0]
+        text = json.dumps(doc, ensure_ascii=False, indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text, encoding="utf-8")
     return 0
 
 
 def cmd_hash_password(args) -> int:
     import getpass
 
-    from assistant.accounts import AccountError, hash_password
+    from assistant.state.accounts import AccountError, hash_password
 
     if args.stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -153,17 +201,47 @@ def cmd_hash_password(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from assistant.service import build_service
+    from assistant.services import build_services
     from evals.calibrate import calibrate, evidence_rows
     from evals.golden import load_golden
 
-    service = build_service(_settings(args))
-    service.ensure_ingested(_progress())
-    rows = evidence_rows(service, load_golden(Path(args.file)))
+    settings = _settings(args)
+    if args.answerability:
+        return _calibrate_answerability(args, settings)
+    services = build_services(settings)
+    services.knowledge.ensure_ingested(_progress())
+    rows = evidence_rows(services.chat, [i for f in args.files for i in load_golden(Path(f))])
     cal = calibrate(rows, args.max_false_refusal)
     print(f"XIAOYU_RETRIEVAL_MIN_DENSE={cal.min_dense:.4f}")
     print(f"XIAOYU_RETRIEVAL_MIN_OVERLAP={cal.min_overlap:.2f}")
     print(f"# refusal accuracy {cal.refusal_accuracy:.3f}, false-refusal rate {cal.false_refusal_rate:.3f}")
+    return 0
+
+
+def _calibrate_answerability(args, settings) -> int:
+    """Fit the answerability model on the given dev files (single questions and conversations) and save it."""
+    from assistant.services import build_embedder, build_services
+    from evals.answerability import fit, report, rows_from_conversations, rows_from_items
+    from evals.golden import load_golden
+
+    # The features are measured with the model off, so that an old model cannot shape what the new one learns from.
+    off = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"answerability_model": "off"})})
+    embedder = build_embedder(off)
+    services = build_services(off, embedder)
+    services.knowledge.ensure_ingested(_progress())
+    rows = []
+    for name in args.files:
+        lines = [json.loads(line) for line in Path(name).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        if lines and "turns" in lines[0]:
+            rows += rows_from_conversations(services.chat, lines)
+        else:
+            rows += rows_from_items(services.chat, load_golden(Path(name)))
+    model = fit(rows, embedder.name, args.max_false_refusal)
+    out = Path(args.out) if args.out else settings.data_dir / "answerability.json"
+    model.save(out)
+    figures = report(model, rows)
+    print(f"answerability model written to {out}: {figures['rows']} rows, threshold {figures['threshold']:.3f}, "
+          f"refusal accuracy {figures['refusal_accuracy']:.3f}, false-refusal rate {figures['false_refusal_rate']:.3f}")
     return 0
 
 
@@ -191,13 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(p)
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("eval", help="在评测集上计算检索和拒答指标")
-    p.add_argument("file")
+    p = sub.add_parser("eval", help="在评测集上计算检索、拒答、闲聊和回答指标（单题集或多轮对话集）")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="评测集 JSONL；每行带 turns 的文件按多轮对话评测（用真实回答作为历史）")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--by-category", action="store_true")
+    p.add_argument("--by-category", action="store_true", help="按分类（对话集：按轮次）列出指标")
     p.add_argument("--failures", action="store_true", help="列出失败的题目")
-    p.add_argument("--json", help="把逐题结果写入 JSON 文件")
-    p.add_argument("--report", help="把评测报告写成独立的 HTML 文件（图表内嵌，离线可看）")
+    p.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                   help="输出全部指标和逐题结果的 JSON：不带路径时打印到标准输出（不再打印表格），带路径时写入文件")
+    p.add_argument("--report", help="把评测报告写成独立的 HTML 文件（图表内嵌，离线可看；多个文件时按文件名加后缀）")
     p.add_argument("--answer-mode", choices=["configured", "extractive", "llm", "both"], default="configured",
                    help="按回答方式（抽取式 / LLM）统计要点召回、引用准确率和回退率；llm 需设置 XIAOYU_LLM_BASE_URL")
     data_dir(p)
@@ -208,9 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stdin", action="store_true", help="从标准输入读一行密码（脚本用）")
     p.set_defaults(func=cmd_hash_password)
 
-    p = sub.add_parser("calibrate", help="按评测集校准拒答阈值（更换嵌入模型后需要）")
-    p.add_argument("file")
+    p = sub.add_parser("calibrate", help="按评测集校准拒答阈值或可回答性模型（更换嵌入模型后需要）")
+    p.add_argument("files", nargs="+", metavar="FILE", help="开发集 JSONL（--answerability 时也可以是多轮对话集）")
     p.add_argument("--max-false-refusal", type=float, default=0.03)
+    p.add_argument("--answerability", action="store_true",
+                   help="拟合可回答性模型（逻辑回归），写入 数据目录/answerability.json（或 --out）")
+    p.add_argument("--out", help="--answerability 时模型的输出路径")
     data_dir(p)
     p.set_defaults(func=cmd_calibrate)
     return parser

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_KB = PROJECT_ROOT / "knowledge_base"
+SHIPPED_ANSWERABILITY = Path(__file__).resolve().parent / "qa" / "answerability.json"
 
 
 def _group(prefix: str) -> SettingsConfigDict:
@@ -36,11 +37,19 @@ class RetrievalSettings(BaseSettings):
     lexical_weight: float = 0.5
     dense_weight: float = 1.0
     max_per_source: int = 3  # diversity: chunks of one document allowed in the top k
+    # Article-level rerank of the best `rerank_pool` fused chunks (qa/retrieve.py rerank); 0 turns it off.
+    rerank_pool: int = 10
+    sentence_weight: float = 8.0  # per unit of max sentence cosine behind the pool's best (dev: art@1 0.587 → 0.624)
+    intent_weight: float = 0.0  # for an article that gives what the intent asks for; 0.05–0.2 did not help on dev
     # Refusal: evidence below these is "not covered". Calibrated with `xiaoyu calibrate evals/golden.jsonl`
     # for the default e5 embedder; another embedder needs its own calibration (see docs/tuning.md).
     min_dense: float = 0.8712
     min_overlap: float = 0.0
     min_overlap_lexical_only: float = 0.3
+    # The answerability model (assistant/qa/evidence.py), fitted with `xiaoyu calibrate --answerability`. Empty:
+    # data_dir/answerability.json if staff have fitted one there, else the one shipped for the default embedder.
+    # "off": the thresholds above decide alone.
+    answerability_model: str = ""
 
 
 class SplitSettings(BaseSettings):
@@ -115,6 +124,7 @@ class WebSettings(BaseSettings):
     # any. Comma-separated or a JSON list. Empty: only pages served by Xiaoyu itself (the demo page).
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     rate_limit_per_minute: int = Field(20, ge=0)  # questions per client IP; 0 turns the limit off
+    max_body_kb: int = Field(64, ge=1)  # request bodies of the JSON endpoints; uploads use XIAOYU_MAX_UPLOAD_MB
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -144,6 +154,28 @@ class Settings(BaseSettings):
     wechat: WeChatSettings = Field(default_factory=WeChatSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     staff: StaffSettings = Field(default_factory=StaffSettings)
+
+    # The knowledge base's vocabulary travels with it: a county's own KB brings its own dictionary and synonyms.
+    @property
+    def user_dict_path(self) -> Path:
+        return self.knowledge_base / "userdict.dic"
+
+    @property
+    def synonyms_path(self) -> Path:
+        return self.knowledge_base / "synonyms.tsv"
+
+    @property
+    def out_of_scope_path(self) -> Path:
+        return self.knowledge_base / "out_of_scope.tsv"
+
+    def answerability_path(self) -> Path | None:
+        configured = self.retrieval.answerability_model.strip()
+        if configured.lower() == "off":
+            return None
+        if configured:
+            return Path(configured)
+        fitted = self.data_dir / "answerability.json"
+        return fitted if fitted.is_file() else SHIPPED_ANSWERABILITY
 
 
 @lru_cache(maxsize=1)

@@ -1,65 +1,71 @@
-"""ChatService: the one entry point every edge (API, widget, WeChat, console, CLI, evals) calls.
-build_service() is the only place concrete classes are constructed."""
+"""The services the edges call, and build_services(): the one place concrete classes are constructed.
+
+- ChatService: residents' questions (ask, stream), previews of the same pipeline (retrieve, explain), sources.
+- KnowledgeBase: documents, staff uploads, deletions and re-indexing.
+- StaffViews: what staff read about residents' questions (the question log).
+Edges (API, widget, WeChat, console, CLI, evals) call these methods and never reach through them."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from assistant.answering import Answerer, ExtractiveAnswerer, answer_events
-from assistant.catalog import DocRecord, IndexDir
-from assistant.condense import Condenser
 from assistant.config import Settings
-from assistant.embedding import E5Embedder, Embedder, SentenceTransformerEmbedder
-from assistant.guard import is_injection
-from assistant.lexical import JiebaTokenizer, LexicalIndex
-from assistant.questionlog import QuestionLog
-from assistant.retrieval import HybridRetriever, Mode
-from assistant.sessions import SessionStore
-from assistant.store import ChromaStore
-from assistant.synonyms import QueryExpander
-from assistant.types import Answer, Chunk, Retrieval, StreamEvent, Turn
-from assistant.uploads import DocMeta, UploadDir, UploadError
+from assistant.errors import NotFound, UploadRejected
+from assistant.index.catalog import DocRecord, IndexDir
+from assistant.index.embedding import E5Embedder, Embedder, SentenceTransformerEmbedder
+from assistant.index.lexical import JiebaTokenizer, LexicalIndex
+from assistant.index.store import ChromaStore
+from assistant.index.synonyms import QueryExpander
+from assistant.qa.compose import Answerer, ExtractiveAnswerer
+from assistant.qa.evidence import AnswerabilityModel
+from assistant.qa.pipeline import Explanation, QuestionPipeline
+from assistant.qa.retrieve import HybridRetriever, Mode
+from assistant.qa.understand import Condenser, Understander, Vocabulary, read_terms
+from assistant.state.questionlog import LoggedQuestion, QuestionLog, QuestionQuery, install_secret
+from assistant.state.sessions import SessionStore
+from assistant.state.uploads import DocMeta, UploadDir
+from assistant.types import Answer, Channel, Chunk, EventType, Retrieval, StreamEvent, Turn
 from ingest.pipeline import IngestPipeline, IngestReport, Progress
 from ingest.splitter import ChineseSplitter
 
-if TYPE_CHECKING:
-    from assistant.llm import LLMCondenser
+log = logging.getLogger("xiaoyu")
 
 
-class QuestionError(ValueError):
-    """A question that can't be asked; the message is shown to the resident as is."""
+@dataclass(frozen=True)
+class IndexStats:
+    documents: int
+    chunks: int
 
 
-@dataclass
 class ChatService:
-    settings: Settings
-    retriever: HybridRetriever
-    answerer: Answerer
-    pipeline: IngestPipeline
-    sessions: SessionStore
-    questions: QuestionLog
-    uploads: UploadDir = field(default=None)  # type: ignore[assignment]  # build_service always sets it
-    condenser: LLMCondenser | None = None  # LLM follow-up rewriting; None = the retriever's rule-based one
+    def __init__(self, pipeline: QuestionPipeline, sessions: SessionStore, questions: QuestionLog,
+                 index_dir: IndexDir, settings: Settings):
+        self._pipeline = pipeline
+        self._sessions = sessions
+        self._questions = questions
+        self._index_dir = index_dir
+        self._settings = settings
 
     def check_question(self, question: str) -> str:
-        question = (question or "").strip()
-        if not question:
-            raise QuestionError("问题不能为空，请输入您想咨询的内容。")
-        if len(question) > self.settings.max_question_chars:
-            raise QuestionError(f"问题太长了（{len(question)} 字），请精简到 {self.settings.max_question_chars} 字以内。")
-        return question
+        """The question as it will be asked; raises BadQuestion (a 422 at the API) before any work is done."""
+        return self._pipeline.understander.normalise(question)
 
     def retrieve(self, question: str, history: Sequence[Turn] = (), top_k: int | None = None,
                  mode: Mode = "hybrid") -> Retrieval:
-        question = self.check_question(question)
-        return self.retriever.retrieve(question, self._recent(history), top_k, mode)
+        """What chat would retrieve for this turn, with its evidence decision (/api/retrieve, evals)."""
+        return self._pipeline.retrieve(self._pipeline.plan(question, history), top_k, mode)
+
+    def explain(self, question: str, history: Sequence[Turn] = (), top_k: int | None = None,
+                mode: Mode = "hybrid") -> Explanation:
+        """What ask() would plan, retrieve and answer, without logging or a session: the console's hit testing."""
+        return self._pipeline.explain(question, history, top_k, mode)
 
     def ask(self, question: str, history: Sequence[Turn] = (), session_id: str | None = None,
-            channel: str = "api", user: str | None = None, budget: float | None = None) -> Answer:
+            channel: Channel = Channel.API, user: str | None = None, budget: float | None = None) -> Answer:
         """Answer one question. With a session_id the stored conversation is the history, and this turn joins it.
         Every question is logged with its channel (user ids only hashed). `budget`: seconds the LLM may take
         (default per channel from settings.llm); ignored by the extractive answerer."""
@@ -69,139 +75,162 @@ class ChatService:
         assert answer is not None  # every stream ends with done
         return answer
 
-    def preview(self, question: str, top_k: int | None = None, mode: Mode = "hybrid") -> tuple[Retrieval, Answer]:
-        """What ask() would retrieve and answer, without logging or a session: the console's hit testing."""
-        question = self.check_question(question)
-        retrieval = self.retriever.retrieve(question, (), top_k, mode)
-        if is_injection(question):
-            return retrieval, self.answerer.refuse(question, injection=True)
-        return retrieval, self.answerer.answer(retrieval)
-
-    def query_terms(self, text: str) -> list[str]:
-        """The content words retrieval matches on: "业委会怎么成立？" → ["业委会", "成立"]."""
-        return self.retriever.tokenizer.tokens(text)
-
     def stream(self, question: str, history: Sequence[Turn] = (), session_id: str | None = None,
-               channel: str = "api", user: str | None = None, budget: float | None = None) -> Iterator[StreamEvent]:
+               channel: Channel = Channel.API, user: str | None = None, budget: float | None = None
+               ) -> Iterator[StreamEvent]:
         """Citations first, then the answer text sentence by sentence, then done. With an LLM, sentences go out as
         they are verified, and a citations event (the whole list so far) precedes each sentence citing a new source."""
-        question = self.check_question(question)
         started = time.perf_counter()
         if session_id:
-            history = self.sessions.history(session_id)
-        deadline = time.monotonic() + (budget if budget is not None else self.settings.llm.budget(channel))
-        retrieval = None
-        if is_injection(question):
-            events = answer_events(self.answerer.refuse(question, injection=True))
-        else:
-            retrieval = self._retrieve_for(question, history, deadline)
-            events = self.answerer.stream(retrieval, deadline)
+            history = self._sessions.history(session_id)
+        deadline = time.monotonic() + (budget if budget is not None else self._settings.llm.budget(channel))
+        plan, retrieval, events = self._pipeline.stream(question, history, deadline)
         for event in events:
-            if event.kind == "done" and event.answer is not None:
+            if event.type is EventType.DONE and event.answer is not None:
                 answer = event.answer
-                self._remember(session_id, question, answer)
-                self.questions.record(channel, user or session_id, question, answer,
-                                      (time.perf_counter() - started) * 1000, retrieval.evidence if retrieval else None)
+                self._remember(session_id, plan.question, answer)
+                self._questions.record(channel, user or session_id, plan.question, answer,
+                                       (time.perf_counter() - started) * 1000,
+                                       retrieval.evidence if retrieval else None)
             yield event
-
-    def _retrieve_for(self, question: str, history: Sequence[Turn], deadline: float) -> Retrieval:
-        recent = self._recent(history)
-        if self.condenser is not None and recent:
-            # The LLM rewrites the follow-up into a standalone query, which the retriever then searches as is.
-            return self.retriever.retrieve(self.condenser.condense(question, recent, deadline))
-        return self.retriever.retrieve(question, recent)
 
     def _remember(self, session_id: str | None, question: str, answer: Answer) -> None:
         if session_id:
             # Only the lead of a long answer is kept: condensation needs the topic, not every quoted provision.
-            self.sessions.append(session_id, Turn("user", question), Turn("assistant", answer.text[:300]))
+            self._sessions.append(session_id, Turn("user", question), Turn("assistant", answer.text[:300]))
 
     def reset_session(self, session_id: str) -> None:
-        self.sessions.reset(session_id)
+        self._sessions.reset(session_id)
 
     def source_passage(self, chunk_id: str) -> tuple[Chunk, str] | None:
         """A cited chunk and the full text of its document (chunk.start:chunk.end is the passage); None if unknown."""
-        catalog = self.retriever.catalog
+        catalog = self._pipeline.retriever.catalog
         chunk = catalog.chunks.get(chunk_id)
         doc = catalog.docs.get(chunk.source) if chunk else None
         if doc is None:
             return None
         try:
-            return chunk, self.pipeline.index_dir.read_text(doc.sha256)
+            return chunk, self._index_dir.read_text(doc.sha256)
         except FileNotFoundError:  # a concurrent ingest replaced the document
             return None
 
-    def _recent(self, history: Sequence[Turn]) -> list[Turn]:
-        return list(history)[-2 * self.settings.max_history_turns :]
+    def stats(self) -> IndexStats:
+        catalog = self._pipeline.retriever.catalog
+        return IndexStats(len(catalog.docs), len(catalog.chunks))
 
-    # ---- knowledge base -----------------------------------------------------------------------
+
+class KnowledgeBase:
+    """The documents behind the answers: ingest, staff uploads, deletion, re-indexing."""
+
+    def __init__(self, ingest: IngestPipeline, retriever: HybridRetriever, uploads: UploadDir, bundled: Path):
+        self._ingest = ingest
+        self._retriever = retriever
+        self._uploads = uploads
+        self._bundled = bundled
+
     @property
     def is_empty(self) -> bool:
-        return not self.retriever.catalog.docs
+        return not self._retriever.catalog.docs
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self._uploads.max_bytes
+
+    def check_upload_size(self, size: int) -> None:
+        """Raises LimitExceeded (413) for a file over XIAOYU_MAX_UPLOAD_MB."""
+        self._uploads.check_size(size)
 
     def ingest(self, paths: Sequence[Path], progress: Progress | None = None) -> IngestReport:
-        report = self.pipeline.run(list(paths), progress)
+        report = self._ingest.run(list(paths), progress)
         if report.changed or report.embedded:
-            self.retriever.reload()
+            self._retriever.reload()
         return report
 
     def remove(self, sources: Sequence[str]) -> IngestReport:
-        report = self.pipeline.remove(list(sources))
+        report = self._ingest.remove(list(sources))
         if report.changed:
-            self.retriever.reload()
+            self._retriever.reload()
         return report
 
-    # ---- staff console and admin API --------------------------------------------------------------
+    def ensure_ingested(self, progress: Progress | None = None) -> IngestReport | None:
+        """First start on an empty data dir: load the bundled (or configured) knowledge base."""
+        return self.ingest([self._bundled], progress) if self.is_empty else None
+
     def documents(self) -> list[DocRecord]:
-        return sorted(self.retriever.catalog.docs.values(), key=lambda d: (d.category, d.source))
+        return sorted(self._retriever.catalog.docs.values(), key=lambda d: (d.category, d.source))
+
+    def document(self, source: str) -> DocRecord:
+        doc = self._retriever.catalog.docs.get(source)
+        if doc is None:
+            raise NotFound(f"知识库中没有这个文档：{source}")
+        return doc
 
     def chunks_of(self, source: str) -> list[Chunk]:
-        catalog = self.retriever.catalog
+        catalog = self._retriever.catalog
         doc = catalog.docs.get(source)
         return [catalog.chunks[cid] for cid in doc.chunk_ids if cid in catalog.chunks] if doc else []
 
     def add_document(self, filename: str, data: bytes, meta: DocMeta) -> tuple[str, IngestReport]:
-        """Store an upload under data_dir/uploads and ingest it. Raises UploadError with the reason when the file
+        """Store an upload under data_dir/uploads and ingest it. Raises UploadRejected with the reason when the file
         can't be used; the knowledge base is then exactly as before."""
-        with self.uploads.lock:
-            staged = self.uploads.stage(filename, data, meta, self._foreign_sources())
+        with self._uploads.lock:
+            staged = self._uploads.stage(filename, data, meta, self._foreign_sources())
             try:
-                report = self.ingest([self.uploads.root])
+                report = self.ingest([self._uploads.root])
             except Exception:
-                self.uploads.undo(staged)
+                self._uploads.undo(staged)
                 raise
             reason = dict(report.failed).get(staged.source)
             if reason:
-                self.uploads.undo(staged)
-                raise UploadError(f"文件无法导入：{reason}")
+                self._uploads.undo(staged)
+                raise UploadRejected(f"文件无法导入：{reason}")
             return staged.source, report
 
     def delete_document(self, source: str) -> IngestReport:
         """Remove a document from the index. An uploaded file is deleted too, so a re-index won't bring it back."""
-        doc = self.retriever.catalog.docs.get(source)
-        if doc is None:
-            raise KeyError(source)
-        with self.uploads.lock:
-            if doc.root == self.uploads.resolved:
-                self.uploads.discard(source)
+        doc = self.document(source)
+        with self._uploads.lock:
+            if doc.root == self._uploads.resolved:
+                self._uploads.discard(source)
             return self.remove([source])
 
     def reindex(self, source: str | None = None) -> IngestReport:
         """Re-read the folder(s) the index came from: changed files are re-ingested, unchanged ones cost nothing."""
-        docs = self.retriever.catalog.docs
-        if source is not None and source not in docs:
-            raise KeyError(source)
-        roots = {docs[source].root} if source else {d.root for d in docs.values()}
-        with self.uploads.lock:
+        docs = self._retriever.catalog.docs
+        roots = {self.document(source).root} if source is not None else {d.root for d in docs.values()}
+        with self._uploads.lock:
             return self.ingest([Path(r) for r in sorted(roots)])
 
     def _foreign_sources(self) -> set[str]:
         """Sources ingested from elsewhere (the bundled corpus): an upload must not take over their name."""
-        return {s for s, d in self.retriever.catalog.docs.items() if d.root != self.uploads.resolved}
+        return {s for s, d in self._retriever.catalog.docs.items() if d.root != self._uploads.resolved}
 
-    def ensure_ingested(self, progress: Progress | None = None) -> IngestReport | None:
-        """First start on an empty data dir: load the bundled (or configured) knowledge base."""
-        return self.ingest([self.settings.knowledge_base], progress) if self.is_empty else None
+
+class StaffViews:
+    """Staff reads: the question log (questions, answers, evidence), newest first."""
+
+    def __init__(self, questions: QuestionLog, settings: Settings):
+        self._questions = questions
+        self._settings = settings
+
+    def questions(self, query: QuestionQuery = QuestionQuery()) -> list[LoggedQuestion]:
+        return self._questions.recent(query)
+
+    def question(self, question_id: int) -> LoggedQuestion:
+        found = self._questions.get(question_id)
+        if found is None:
+            raise NotFound(f"问题记录 {question_id} 不存在")
+        return found
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything an edge needs, built once by build_services()."""
+
+    settings: Settings
+    chat: ChatService
+    knowledge: KnowledgeBase
+    staff: StaffViews
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -210,30 +239,58 @@ def build_embedder(settings: Settings) -> Embedder:
     return E5Embedder()
 
 
-def build_service(settings: Settings, embedder: Embedder | None = None) -> ChatService:
+def load_answerability(settings: Settings, embedder: Embedder) -> AnswerabilityModel | None:
+    """The configured answerability model, if it was fitted for this embedder: dense similarities of another model
+    live on another scale, so its weights would mean nothing there (the thresholds decide instead)."""
+    path = settings.answerability_path()
+    if path is None or not path.is_file():
+        return None
+    model = AnswerabilityModel.load(path)
+    if model.embedder and model.embedder != embedder.name:
+        log.warning("answerability model %s was fitted for %s, not %s: using the thresholds; refit with "
+                    "`xiaoyu calibrate --answerability`", path, model.embedder, embedder.name)
+        return None
+    return model
+
+
+def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
     """Wire every collaborator. `embedder` lets tests and benchmarks share one loaded model."""
     embedder = embedder or build_embedder(settings)
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     store = ChromaStore(embedder.name, data_dir / "chroma", settings.chroma_host, settings.chroma_port)
-    tokenizer = JiebaTokenizer()
+    sentences = ChromaStore(embedder.name, data_dir / "chroma", settings.chroma_host, settings.chroma_port,
+                            kind="sentences")
+    tokenizer = JiebaTokenizer(settings.user_dict_path)
     index_dir = IndexDir(data_dir)
-    pipeline = IngestPipeline(index_dir, store, embedder, LexicalIndex(tokenizer),
-                              ChineseSplitter(settings.split.max_chars), settings.embedding.batch_size)
-    expander = QueryExpander()
-    rules = Condenser(tokenizer.user_terms | expander.terms, settings.max_history_turns)
-    retriever = HybridRetriever(embedder, store, index_dir, tokenizer, settings.retrieval, expander, rules)
+    ingest = IngestPipeline(index_dir, store, embedder, LexicalIndex(tokenizer),
+                            ChineseSplitter(settings.split.max_chars), settings.embedding.batch_size, sentences)
+    expander = QueryExpander(settings.synonyms_path)
+    retriever = HybridRetriever(embedder, store, index_dir, tokenizer, settings.retrieval, expander, sentences)
+    terms = tokenizer.user_terms | expander.terms
+    vocabulary = Vocabulary(tokenizer.tokens, lambda word: word in terms or retriever.knows(word),
+                            read_terms(settings.out_of_scope_path))
+    rules = Condenser(terms, settings.max_history_turns, vocabulary)
+    understander = Understander(rules, settings.max_question_chars, settings.max_history_turns)
     answerer: Answerer = ExtractiveAnswerer(tokenizer, settings.contact)
     condenser = None
     if settings.llm.enabled:
-        from assistant.llm import LLMAnswerer, LLMCondenser, chat_model  # lazy: langchain is the [llm] extra
-        from assistant.verify import SupportVerifier
+        from assistant.qa.llm import (  # lazy: langchain is the [llm] extra
+            LLMAnswerer,
+            LLMCondenser,
+            chat_model,
+        )
+        from assistant.qa.verify import SupportVerifier
 
         model = chat_model(settings.llm)
         answerer = LLMAnswerer(model, answerer, SupportVerifier(settings.llm.support_threshold), settings.llm)
         condenser = LLMCondenser(model, settings.llm, rules) if settings.llm.condense else None
+    pipeline = QuestionPipeline(understander, retriever, answerer, settings.retrieval, condenser,
+                                load_answerability(settings, embedder))
     sessions = SessionStore(data_dir / "sessions.sqlite3", 2 * settings.max_history_turns,
                             settings.session_ttl_hours * 3600)
-    questions = QuestionLog(data_dir / "questions.sqlite3")
+    questions = QuestionLog(data_dir / "questions.sqlite3", install_secret(data_dir))
     uploads = UploadDir(data_dir / "uploads", int(settings.staff.max_upload_mb * 1_000_000))
-    return ChatService(settings, retriever, answerer, pipeline, sessions, questions, uploads, condenser)
+    return Services(settings, ChatService(pipeline, sessions, questions, index_dir, settings),
+                    KnowledgeBase(ingest, retriever, uploads, settings.knowledge_base),
+                    StaffViews(questions, settings))

@@ -1,9 +1,54 @@
-"""Domain types shared by every layer. Plain frozen dataclasses: no pydantic here (that lives at the API edge)."""
+"""Domain types shared by every layer. Plain frozen dataclasses and StrEnums: no pydantic here (that lives at the
+API edge). The enums are the project's vocabularies; their values are what the HTTP API and the logs show."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
+
+
+class AnswerKind(StrEnum):
+    """What a resident got: an answer from the sources, a refusal (not covered, or an injection), or small talk."""
+
+    ANSWERED = "answered"
+    REFUSED = "refused"
+    SMALLTALK = "smalltalk"
+
+
+class ComposeMode(StrEnum):
+    """Which composer wrote the text: kept in the question log so staff can tell LLM answers from the rest."""
+
+    EXTRACTIVE = "extractive"  # sentences copied from the cited provisions (the default)
+    LLM = "llm"  # LLM sentences, each verified against its sources
+    LLM_FALLBACK = "extractive-fallback"  # the LLM failed or was late; the extractive answer was given instead
+    TEMPLATE = "refusal"  # a fixed text of Xiaoyu's own (refusals, small talk); the value predates small talk
+
+
+class Channel(StrEnum):
+    """Where a question came from; the question log and the LLM's time budget are per channel."""
+
+    API = "api"
+    WEB = "web"
+    OPENAI = "openai"
+    WECHAT = "wechat"
+    CONSOLE = "console"
+    EVAL = "eval"  # evals: kept apart from residents' questions in the log and reports
+
+
+class TurnKind(StrEnum):
+    """How the understanding step reads a turn, before anything is retrieved."""
+
+    QUESTION = "question"  # stands alone: judged without the history
+    FOLLOW_UP = "follow-up"  # leans on the history ("那要多久？"): condensed with it
+    SMALLTALK = "smalltalk"  # 你好 / 谢谢 / 你能做什么: a short reply, nothing retrieved
+    INJECTION = "injection"  # tries to change the rules: refused, nothing retrieved
+
+
+class EventType(StrEnum):
+    CITATIONS = "citations"
+    DELTA = "delta"
+    DONE = "done"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +126,9 @@ class Evidence:
     dense_top: float = 0.0
     overlap: float = 0.0  # share of the query's content words found in the top hit
     agreement: bool = False  # lexical and dense rankings share a top hit
+    probability: float | None = None  # the answerability model's P(answerable); None when decided by thresholds
+    features: tuple[tuple[str, float], ...] = ()  # what the decision was made from, for hit testing and the log
+    reasons: tuple[str, ...] = ()  # the features that weighed most, in words: "知识库外的话题：房价"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,23 +136,44 @@ class Retrieval:
     query: str  # the condensed, standalone query actually searched
     hits: tuple[ScoredChunk, ...]
     evidence: Evidence
+    # chunk id → (sentence, cosine to the query) for the top chunks: what the composer picks its opening by
+    sentences: dict[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPlan:
+    """What the understanding step decided about one turn: the plan every caller (chat, hit test, evals) follows."""
+
+    question: str  # normalised
+    kind: TurnKind
+    query: str  # what is searched: the question itself, or the follow-up condensed with the history
+    history: tuple[Turn, ...] = ()  # the recent turns the plan was made with
+    condensed_by: str = ""  # "rules" | "llm" | "" (not condensed)
+    # What the turn asks for. Small talk: greeting | thanks | goodbye | identity | free | praise | abilities | ack;
+    # questions: duration | where | amount | materials | permission | how | "" (see qa/understand.py)
+    intent: str = ""
+    off_topic: tuple[str, ...] = ()  # terms naming topics the knowledge base does not cover (房价, 天气 …)
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
     text: str
     citations: tuple[Citation, ...]
-    refused: bool
+    kind: AnswerKind
     query: str = ""  # the standalone query the answer was built for
-    mode: str = "extractive"  # which path answered: extractive | llm | refusal
+    mode: ComposeMode = ComposeMode.EXTRACTIVE
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def refused(self) -> bool:
+        return self.kind is AnswerKind.REFUSED
 
 
 @dataclass(frozen=True, slots=True)
 class StreamEvent:
     """One step of a streamed answer: citations first, then text deltas, then done (with the whole Answer)."""
 
-    kind: Literal["citations", "delta", "done"]
+    type: EventType
     text: str = ""
     citations: tuple[Citation, ...] = ()
     answer: Answer | None = None

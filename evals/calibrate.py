@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from assistant.service import ChatService
+from assistant.services import ChatService
 from evals.golden import GoldenItem
 
 

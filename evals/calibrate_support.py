@@ -28,8 +28,8 @@ import re
 import sys
 from pathlib import Path
 
-from assistant.answering import label
-from assistant.verify import SupportVerifier, attach
+from assistant.qa.compose import label
+from assistant.qa.verify import SupportVerifier, attach
 from evals import metrics
 from evals.golden import load_golden
 
@@ -84,7 +84,7 @@ def build_claims(service, items, sources_per_answer: int):
 
 def main(argv: list[str] | None = None) -> int:
     from assistant.config import Settings
-    from assistant.service import build_service
+    from assistant.services import build_services
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("file", nargs="?", default="evals/golden.jsonl")
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--false-cost", type=float, default=3.0)
     args = parser.parse_args(argv)
     settings = Settings(**({"data_dir": Path(args.data_dir)} if args.data_dir else {}))
-    service = build_service(settings.model_copy(update={"llm": settings.llm.model_copy(update={"base_url": ""})}))
-    service.ensure_ingested()
-    positives, negatives = build_claims(service, load_golden(Path(args.file)), settings.llm.max_sources)
+    services = build_services(settings.model_copy(update={"llm": settings.llm.model_copy(update={"base_url": ""})}))
+    services.knowledge.ensure_ingested()
+    positives, negatives = build_claims(services.chat, load_golden(Path(args.file)), settings.llm.max_sources)
     print(f"claims: {len(positives)} true (cited to their provision), {len(negatives)} wrong citations")
     print(f"{'threshold':>9}  {'true kept':>9}  {'false kept':>10}")
     best = None

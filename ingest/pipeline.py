@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.catalog import Catalog, DocRecord, IndexDir
-from assistant.embedding import Embedder
-from assistant.lexical import LexicalIndex
-from assistant.store import ChromaStore
+from assistant.index.catalog import Catalog, DocRecord, IndexDir
+from assistant.index.embedding import Embedder
+from assistant.index.lexical import LexicalIndex
+from assistant.index.sentences import provision_sentences, sentence_id
+from assistant.index.store import ChromaStore
 from assistant.types import Chunk, SourceDoc
 from ingest.loaders import LoadError, discover, load_file, load_manifest
 from ingest.splitter import ChineseSplitter
@@ -51,6 +52,7 @@ class IngestPipeline:
         lexical: LexicalIndex,
         splitter: ChineseSplitter,
         batch_size: int = 32,
+        sentences: ChromaStore | None = None,
     ):
         self.index_dir = index_dir
         self.store = store
@@ -58,6 +60,7 @@ class IngestPipeline:
         self.lexical = lexical
         self.splitter = splitter
         self.batch_size = batch_size
+        self.sentences = sentences  # sentence vectors by content hash; None: no sentence-level ranking
 
     @property
     def split_signature(self) -> str:
@@ -130,7 +133,9 @@ class IngestPipeline:
                     if rec.root == str(base) and source not in seen:
                         del docs[source]
                         report.removed.append(source)
-        if not (report.added or report.updated or report.removed or resplit_all
+        # An index made before sentence vectors existed gets them on its next ingest, unchanged files or not.
+        sentences_missing = self.sentences is not None and bool(previous.chunks) and not self.sentences.count()
+        if not (report.added or report.updated or report.removed or resplit_all or sentences_missing
                 or previous.embedder != self.embedder.name):
             return report  # nothing to embed or commit: the index stays exactly as it was
 
@@ -179,6 +184,20 @@ class IngestPipeline:
             report.embedded += len(batch)
             if progress:
                 progress("chunks", report.embedded, len(todo))
+        if self.sentences is not None:
+            self._embed_sentences(catalog, progress)
+
+    def _embed_sentences(self, catalog: Catalog, progress: Progress | None) -> None:
+        """Vectors of every live chunk's sentences that the store lacks: the same sentence is embedded once."""
+        have = self.sentences.ids()
+        todo = {sentence_id(t): t for c in catalog.chunks.values() for t in provision_sentences(c.body)}
+        missing = [(i, t) for i, t in todo.items() if i not in have]
+        for start in range(0, len(missing), self.batch_size):
+            batch = missing[start : start + self.batch_size]
+            vectors = np.asarray(self.embedder.embed_passages([t for _, t in batch]), dtype=np.float32)
+            self.sentences.upsert_texts([i for i, _ in batch], [t for _, t in batch], vectors)
+            if progress:
+                progress("sentences", start + len(batch), len(missing))
 
     def _commit(self, catalog: Catalog, report: IngestReport) -> None:
         # Chunks of removed docs must leave the catalog too.
@@ -194,4 +213,9 @@ class IngestPipeline:
         stale = self.store.ids() - live
         if stale:
             self.store.delete(list(stale))
+        if self.sentences is not None:
+            needed = {sentence_id(t) for c in catalog.chunks.values() for t in provision_sentences(c.body)}
+            stale = self.sentences.ids() - needed
+            if stale:
+                self.sentences.delete(list(stale))
 

@@ -36,7 +36,8 @@ class _Unit:
 
 
 def chunk_id(source: str, section: str, text: str) -> str:
-    return hashlib.sha256(f"{source}\x1f{section}\x1f{text}".encode()).hexdigest()[:32]
+    # surrogatepass: the same bytes as plain UTF-8 for real text, and no crash on a str carrying surrogate pairs.
+    return hashlib.sha256(f"{source}\x1f{section}\x1f{text}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _heading_level(text: str) -> int:
@@ -46,11 +47,19 @@ def _heading_level(text: str) -> int:
     return dict(_LEVELS)[m.group(1)]
 
 
+# Fallback cut points for a sentence with no usable punctuation. Neither may fall between the two halves of a
+# surrogate pair; the first also keeps ASCII words and numbers ("2023", "GB50016") whole.
+_HIGH, _LOW = "\ud800-\udbff", "\udc00-\udfff"
+_WORD_EDGE = rf"(?<![0-9A-Za-z{_HIGH}])|(?![0-9A-Za-z{_LOW}])"
+_ANY_CHAR = rf"(?<![{_HIGH}])"
+
+
 def _sentence_splitter(max_chars: int) -> RecursiveCharacterTextSplitter:
-    # Zero-width look-behinds keep each separator at the end of its sentence. The comma level is a last resort
-    # for a single sentence longer than max_chars; it never fires on the bundled corpus.
+    # Zero-width look-behinds keep each separator at the end of its sentence. The comma levels are a last resort
+    # for a single sentence longer than max_chars (they never fire on the bundled corpus); the two fallbacks make
+    # the cap hold for any text at all, e.g. a table flattened to one line without punctuation.
     return RecursiveCharacterTextSplitter(
-        separators=["\n", r"(?<=[。！？!?])", r"(?<=[；;])", r"(?<=[，,：:])"],
+        separators=["\n", r"(?<=[。！？!?])", r"(?<=[；;])", r"(?<=[，,：:])", r"(?<=[、])", _WORD_EDGE, _ANY_CHAR],
         is_separator_regex=True,
         keep_separator=True,
         chunk_size=max_chars,
@@ -58,6 +67,14 @@ def _sentence_splitter(max_chars: int) -> RecursiveCharacterTextSplitter:
         strip_whitespace=False,
         add_start_index=True,
     )
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most `limit` characters, never ending on the first half of a surrogate pair."""
+    if len(text) <= limit:
+        return text
+    cut = limit - 1 if "\ud800" <= text[limit - 1] <= "\udbff" else limit
+    return text[:cut]
 
 
 class ChineseSplitter:
@@ -178,6 +195,8 @@ class ChineseSplitter:
     def _cut(self, doc: SourceDoc, unit: _Unit) -> list[Chunk]:
         section = " > ".join([*unit.headings, unit.label] if unit.label else unit.headings)
         header = " ".join(x for x in (doc.title, unit.headings[-1] if unit.headings else "", unit.label) if x)
+        # A runaway "heading" (a long markdown # line) must not turn the context line into a second body.
+        header = _clip(header, self.max_chars)
         pieces = self._pack(doc.text, unit.paras, self.max_chars - len(header) - 1)
         chunks = []
         for start, end in pieces:

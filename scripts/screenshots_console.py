@@ -45,17 +45,17 @@ def _free_port() -> int:
 def _serve(data_dir: Path, user: str, password: str):
     import uvicorn
 
-    from assistant.accounts import hash_password
     from assistant.api import create_app
     from assistant.config import StaffSettings, get_settings
-    from assistant.service import build_service
+    from assistant.services import build_services
+    from assistant.state.accounts import hash_password
 
     settings = get_settings().model_copy(update={
         "data_dir": data_dir, "staff": StaffSettings(console_users=f"{user}:{hash_password(password, rounds=4)}")})
-    service = build_service(settings)
-    service.ensure_ingested()
+    services = build_services(settings)
+    services.knowledge.ensure_ingested()
     for question, channel in QUESTIONS:  # a question log to look at
-        service.ask(question, channel=channel, user=f"resident-{channel}")
+        services.chat.ask(question, channel=channel, user=f"resident-{channel}")
     golden = data_dir / "evals" / "示例.jsonl"
     golden.parent.mkdir(parents=True, exist_ok=True)
     lines = [json.loads(x) for x in (ROOT / "evals" / "golden.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -66,17 +66,17 @@ def _serve(data_dir: Path, user: str, password: str):
     # A stored "before" run without one regulation, so the Evals tab can show what adding it back fixed.
     from evals.golden import load_golden
     from evals.runner import run_eval
-    from evals.runs import RunStore, run_record
+    from ui.console.runs import RunStore, run_record
 
-    service.remove(["党建/中国共产党章程.md"])
-    before = run_eval(service, load_golden(golden), 5)
-    docs = service.documents()
+    services.knowledge.remove(["党建/中国共产党章程.md"])
+    before = run_eval(services.chat, load_golden(golden), 5)
+    docs = services.knowledge.documents()
     RunStore(data_dir / "eval-runs").save(run_record(before, "数据目录/示例.jsonl", 5, len(docs),
                                                      sum(len(d.chunk_ids) for d in docs)))
-    service.reindex()
+    services.knowledge.reindex()
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, service), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, services), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from assistant.config import BUNDLED_KB, Settings
-from assistant.embedding import E5Embedder
+from assistant.index.embedding import E5Embedder
+from assistant.index.store import ChromaStore
 
 
 @pytest.fixture(scope="session")
@@ -53,42 +54,41 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
 @pytest.fixture(scope="session")
 def kb_data_dir(tmp_path_factory, embedder) -> Path:
     """A data dir holding the ingested demo knowledge base (built once per session)."""
-    from assistant.service import build_service
+    from assistant.services import build_services
 
     data_dir = tmp_path_factory.mktemp("kb-data")
-    service = build_service(make_settings(data_dir), embedder)
-    report = service.ensure_ingested()
+    report = build_services(make_settings(data_dir), embedder).knowledge.ensure_ingested()
     assert report is not None and not report.failed, report and report.failed
     return data_dir
 
 
 @pytest.fixture
-def kb_service(kb_data_dir, embedder, tmp_path):
-    """A ChatService over the shared demo index, with its own session store and question log."""
-    from assistant.service import build_service
+def kb_services(kb_data_dir, embedder, tmp_path):
+    """The services over the shared demo index, with their own session store and question log."""
+    from assistant.services import build_services
 
     data_dir = tmp_path / "data"
     shutil.copytree(kb_data_dir, data_dir)
-    return build_service(make_settings(data_dir), embedder)
+    return build_services(make_settings(data_dir), embedder)
 
 
 @pytest.fixture(scope="module")
-def module_service(kb_data_dir, embedder, tmp_path_factory):
-    """Like kb_service, shared by one test module (its sessions and question log too)."""
-    from assistant.service import build_service
+def module_services(kb_data_dir, embedder, tmp_path_factory):
+    """Like kb_services, shared by one test module (its sessions and question log too)."""
+    from assistant.services import build_services
 
     data_dir = tmp_path_factory.mktemp("module") / "data"
     shutil.copytree(kb_data_dir, data_dir)
-    return build_service(make_settings(data_dir), embedder)
+    return build_services(make_settings(data_dir), embedder)
 
 
 @pytest.fixture
-def client(kb_service):
+def client(kb_services):
     from fastapi.testclient import TestClient
 
     from assistant.api import create_app
 
-    app = create_app(kb_service.settings, kb_service)
+    app = create_app(kb_services.settings, kb_services)
     with TestClient(app) as c:
         yield c
 
@@ -135,3 +135,17 @@ def serve_in_thread(app) -> Iterator[str]:
 def live_server():
     """`with live_server(app) as base_url:` a real HTTP server for clients that can't use the TestClient."""
     return serve_in_thread
+
+
+def chunk_ids(services) -> set[str]:
+    """Every live chunk id, read through the knowledge base's public view of its documents."""
+    return {cid for d in services.knowledge.documents() for cid in d.chunk_ids}
+
+
+def live_chunks(services) -> dict:
+    return {c.id: c for d in services.knowledge.documents() for c in services.knowledge.chunks_of(d.source)}
+
+
+def stored_ids(data_dir: Path, embedder) -> set[str]:
+    """The vector ids in the data dir's Chroma collection, read by a store of our own (not the service's)."""
+    return ChromaStore(embedder.name, data_dir / "chroma").ids()

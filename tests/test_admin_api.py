@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from assistant.api import create_app
 from assistant.config import StaffSettings
-from assistant.service import build_service
+from assistant.services import build_services
 from tests.conftest import make_settings
 
 TOKEN = "test-admin-token-0123456789"
@@ -26,7 +26,7 @@ def _client(kb_data_dir, embedder, tmp_path, **staff) -> TestClient:
     data_dir = tmp_path / "data"
     shutil.copytree(kb_data_dir, data_dir)
     settings = make_settings(data_dir, staff=StaffSettings(**staff))
-    return TestClient(create_app(settings, build_service(settings, embedder)))
+    return TestClient(create_app(settings, build_services(settings, embedder)))
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Follow-up questions keep their context; standalone ones are left alone."""
 
-from assistant.condense import Condenser
+from assistant.qa.understand import Condenser
 from assistant.types import Turn
 
 CONDENSER = Condenser({"司法确认", "入党", "党龄", "预备党员", "业主委员会"})
@@ -25,9 +25,9 @@ def test_a_chain_of_follow_ups_keeps_the_original_topic():
     assert CONDENSER.condense("能延长吗？", history) == "调解协议怎么申请司法确认？ 要多久？ 能延长吗？"
 
 
-def test_follow_up_through_the_service_retrieves_the_right_article(kb_service):
-    alone = kb_service.retrieve("要多久？")
-    followed = kb_service.retrieve("要多久？", SJQR)
+def test_follow_up_through_the_service_retrieves_the_right_article(kb_services):
+    alone = kb_services.chat.retrieve("要多久？")
+    followed = kb_services.chat.retrieve("要多久？", SJQR)
     assert followed.query == "调解协议怎么申请司法确认？ 要多久？"
     assert followed.hits[0].chunk.source.endswith("最高人民法院关于人民调解协议司法确认程序的若干规定.md")
     assert alone.hits[0].chunk.id != followed.hits[0].chunk.id or not alone.evidence.covered

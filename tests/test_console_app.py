@@ -10,16 +10,16 @@ import stat
 import pytest
 from fastapi.testclient import TestClient
 
-from assistant.accounts import AccountError, StaffAccounts, hash_password, parse_accounts, token_matches
 from assistant.api import create_app
 from assistant.config import StaffSettings
-from assistant.questionlog import QuestionLog
-from assistant.service import build_service
-from assistant.types import Answer, Evidence
-from assistant.uploads import UploadError, safe_filename
-from evals import report
-from evals.runs import compare, failed_items
+from assistant.services import build_services
+from assistant.state.accounts import AccountError, StaffAccounts, hash_password, parse_accounts, token_matches
+from assistant.state.questionlog import QuestionLog, QuestionQuery
+from assistant.state.uploads import UploadRejected, safe_filename
+from assistant.types import Answer, AnswerKind, Evidence
 from tests.conftest import make_settings
+from ui.console import report
+from ui.console.runs import compare, failed_items
 
 
 # ---- accounts ---------------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_admin_token_comparison():
 def console_client(tmp_path, embedder):
     staff = StaffSettings(console_users=f"lin:{hash_password('s3cret-pw', rounds=4)}")
     settings = make_settings(tmp_path / "data", staff=staff)
-    with TestClient(create_app(settings, build_service(settings, embedder))) as client:
+    with TestClient(create_app(settings, build_services(settings, embedder))) as client:
         yield client
 
 
@@ -94,7 +94,7 @@ def test_console_is_mounted_at_console_and_needs_a_staff_login(console_client):
 
 def test_the_console_can_be_switched_off(tmp_path, embedder):
     settings = make_settings(tmp_path / "data", staff=StaffSettings(console_enabled=False))
-    with TestClient(create_app(settings, build_service(settings, embedder))) as client:
+    with TestClient(create_app(settings, build_services(settings, embedder))) as client:
         assert client.get("/console/").status_code == 404
     assert not (tmp_path / "data" / "console-users.txt").exists()
 
@@ -113,7 +113,7 @@ def test_upload_file_names_are_sanitised(given, safe):
 
 @pytest.mark.parametrize("given", ["../../.md", "passwd", "run.sh", "", "...pdf"])
 def test_unusable_upload_file_names_are_refused(given):
-    with pytest.raises(UploadError):
+    with pytest.raises(UploadRejected):
         safe_filename(given)
 
 
@@ -127,14 +127,14 @@ def test_question_log_from_before_the_evidence_columns_is_migrated_in_place(tmp_
             citations TEXT NOT NULL DEFAULT '[]', latency_ms REAL NOT NULL, notes TEXT NOT NULL DEFAULT '');
             INSERT INTO questions (ts, channel, question, answer, refused, latency_ms)
             VALUES (1.0, 'web', '旧问题', '旧回答', 0, 5.0);""")
-    log = QuestionLog(path)
-    QuestionLog(path)  # opening twice must not try to add the columns again
-    log.record("api", "u1", "新问题", Answer("回答", (), False), 3.0, Evidence(True, "语义高度相关", 0.91, 0.5, True))
+    log = QuestionLog(path, "salt")
+    QuestionLog(path, "salt")  # opening twice must not try to add the columns again
+    log.record("api", "u1", "新问题", Answer("回答", (), AnswerKind.ANSWERED), 3.0, Evidence(True, "语义高度相关", 0.91, 0.5, True))
     new, old = log.recent()
     assert (old.question, old.dense_top, old.evidence) == ("旧问题", None, "")
     assert (new.question, new.dense_top, new.overlap, new.evidence) == ("新问题", 0.91, 0.5, "语义高度相关")
-    assert [q.question for q in log.recent(below_confidence=0.95)] == ["新问题"]
-    assert log.recent(below_confidence=0.9) == []
+    assert [q.question for q in log.recent(QuestionQuery(below_confidence=0.95))] == ["新问题"]
+    assert log.recent(QuestionQuery(below_confidence=0.9)) == []
     assert log.get(new.id) == new and log.get(999) is None
 
 

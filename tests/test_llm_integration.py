@@ -19,7 +19,8 @@ import urllib.request
 import pytest
 
 from assistant.config import LLMSettings
-from assistant.verify import bigrams, citation_numbers, strip_citations
+from assistant.qa.verify import bigrams, citation_numbers, strip_citations
+from assistant.state.questionlog import QuestionQuery
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
@@ -83,12 +84,12 @@ def llama_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def services(llama_server, kb_data_dir, embedder, tmp_path_factory):
     """The same demo index answered twice: through Gemma (with verification) and extractively."""
-    from assistant.service import build_service
+    from assistant.services import build_services
 
     def service(name: str, llm: LLMSettings):
         data_dir = tmp_path_factory.mktemp(name) / "data"
         shutil.copytree(kb_data_dir, data_dir)
-        return build_service(make_settings(data_dir, llm=llm), embedder)
+        return build_services(make_settings(data_dir, llm=llm), embedder)
 
     # Generous time: this test is about what reaches the user, not speed (2 shared cores can be slow).
     llm = LLMSettings(base_url=llama_server, model="gemma", timeout=300, temperature=0.0, max_tokens=160,
@@ -123,14 +124,14 @@ def test_nothing_unverified_from_a_small_model_reaches_the_user(services):
         extractive = extractive_service.ask(question)
         for via in ("ask", "stream"):
             if via == "ask":
-                answer = llm_service.ask(question)
+                answer = llm_service.chat.ask(question)
             else:
-                events = list(llm_service.stream(question))
-                assert events[0].kind == "citations" and events[-1].kind == "done"
+                events = list(llm_service.chat.stream(question))
+                assert events[0].type == "citations" and events[-1].type == "done"
                 answer = events[-1].answer
-                assert "".join(e.text for e in events if e.kind == "delta") == answer.text
+                assert "".join(e.text for e in events if e.type == "delta") == answer.text
                 # Citation events only ever grow, and the last one matches the answer.
-                lists = [e.citations for e in events if e.kind == "citations"]
+                lists = [e.citations for e in events if e.type == "citations"]
                 assert lists[-1] == answer.citations
             modes.append(answer.mode)
             dropped += sum(int(m.group(1)) for n in answer.notes for m in [re.search(r"删除 (\d+)", n)] if m)
@@ -140,7 +141,7 @@ def test_nothing_unverified_from_a_small_model_reaches_the_user(services):
                 assert answer.mode == "extractive-fallback", answer.mode
                 assert (answer.text, answer.citations) == (extractive.text, extractive.citations)
             print(f"\n[{via}] {question} → {answer.mode}: {answer.text[:120]!r}\n    notes: {answer.notes[:3]}")
-    logged = llm_service.questions.recent(len(QUESTIONS) * 2)
+    logged = llm_service.staff.questions(QuestionQuery(limit=len(QUESTIONS) * 2))
     assert sorted(q.mode for q in logged) == sorted(modes)
     # The model did write things that had to be removed: the filter was exercised, not just passed through.
     assert dropped > 0, f"the model wrote nothing to drop (modes {modes}); the test would prove nothing"

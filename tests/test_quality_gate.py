@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 from evals.golden import load_golden
-from evals.report import explain
 from evals.runner import run_eval
-from evals.runs import failed_items, run_record
+from ui.console.report import explain
+from ui.console.runs import failed_items, run_record
 
 ROOT = Path(__file__).resolve().parent.parent
 THRESHOLDS = json.loads((ROOT / "evals" / "thresholds.json").read_text(encoding="utf-8"))
@@ -35,9 +35,9 @@ def test_golden_set_covers_every_category_follow_ups_and_out_of_scope_questions(
     assert sum(bool(i.history) for i in items) >= 10
 
 
-def test_golden_set_metrics_stay_above_the_quality_gate(kb_service):
+def test_golden_set_metrics_stay_above_the_quality_gate(kb_services):
     items = load_golden(ROOT / THRESHOLDS["golden"])
-    result = run_eval(kb_service, items, THRESHOLDS["top_k"])
+    result = run_eval(kb_services.chat, items, THRESHOLDS["top_k"])
     m = result.metrics
     problems = [f"{k} = {m[k]:.3f} < {floor}" for k, floor in THRESHOLDS["min"].items() if m[k] < floor]
     problems += [f"{k} = {m[k]:.3f} > {ceiling}" for k, ceiling in THRESHOLDS["max"].items() if m[k] > ceiling]

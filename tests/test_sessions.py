@@ -8,11 +8,11 @@ import types
 import pytest
 from fastapi.testclient import TestClient
 
-import assistant.sessions as sessions_module
+import assistant.state.sessions as sessions_module
 from assistant.api import create_app
 from assistant.config import Settings, StaffSettings
-from assistant.service import build_service
-from assistant.sessions import SessionStore
+from assistant.services import build_services
+from assistant.state.sessions import SessionStore
 from assistant.types import Turn
 
 FIRST = "调解协议怎么申请司法确认？"
@@ -20,7 +20,7 @@ FOLLOW_UP = "要多久？"  # meaningless alone (refused); about 司法确认 wi
 
 
 class FakeClock:
-    """Stands in for time.time() in assistant.sessions: expiry is tested by moving the clock, not by sleeping."""
+    """Stands in for time.time() in assistant.state.sessions: expiry is tested by moving the clock, not by sleeping."""
 
     def __init__(self, now: float = 1_700_000_000.0):
         self.now = now
@@ -101,7 +101,7 @@ def data_dir(kb_data_dir, tmp_path):
 
 def _client(data_dir, embedder) -> TestClient:
     settings = Settings(data_dir=data_dir, staff=StaffSettings(console_enabled=False))
-    return TestClient(create_app(settings, build_service(settings, embedder)))
+    return TestClient(create_app(settings, build_services(settings, embedder)))
 
 
 def test_api_chat_follow_up_uses_the_session_history_after_a_restart(data_dir, embedder):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from assistant.config import LLMSettings
-from assistant.verify import (
+from assistant.qa.verify import (
     SentenceBuffer,
     SupportVerifier,
     attach,

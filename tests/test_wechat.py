@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import struct
 import threading
@@ -26,6 +27,7 @@ from fastapi.testclient import TestClient
 
 from assistant.api import create_app
 from assistant.config import WeChatSettings
+from assistant.state.sessions import SessionStore
 from assistant.wechat import format as fmt
 from assistant.wechat.bridge import session_id
 from assistant.wechat.client import CustomServiceClient, TokenStorage
@@ -149,12 +151,12 @@ class SlowAsk:
     timing: a test decides exactly when the answer becomes ready relative to WeChat's retries."""
 
     def __init__(self, service, slow: bool = True):
-        self.real = service.ask
+        self.real = service.chat.ask
         self.calls = 0
         self.gate = threading.Event()
         if not slow:
             self.gate.set()
-        service.ask = self
+        service.chat.ask = self
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -166,7 +168,7 @@ class SlowAsk:
 
 
 @pytest.fixture
-def make_wechat(kb_service):
+def make_wechat(kb_services):
     """A WeChatSim over a fresh app on the real service; keyword arguments override WeChat settings."""
     clients = []
 
@@ -180,14 +182,14 @@ def make_wechat(kb_service):
             "reply_budget": 120.0,
             "retry_hold": 0.0,
         }
-        settings = kb_service.settings.model_copy(update={"wechat": WeChatSettings(**(values | overrides))})
-        client = TestClient(create_app(settings, kb_service))
+        settings = kb_services.settings.model_copy(update={"wechat": WeChatSettings(**(values | overrides))})
+        client = TestClient(create_app(settings, kb_services))
         client.__enter__()
         clients.append(client)
         return WeChatSim(client, mode)
 
     yield make
-    ask = kb_service.ask
+    ask = kb_services.chat.ask
     if isinstance(ask, SlowAsk):
         ask.release()  # a failed test must not leave the pool blocked
     for client in clients:
@@ -212,18 +214,25 @@ def test_url_verification_with_a_forged_signature_is_refused(make_wechat):
     assert "签名校验失败" in response.json()["detail"]
 
 
+def _opens_with_a_cited_sentence(reply: str) -> bool:
+    """The extractive answer's shape: its first line is a provision's sentence marked 【1】, not a refusal."""
+    first = reply.split("\n", 1)[0]
+    return first.endswith("【1】") or "【1】" in first and not first.startswith("抱歉")
+
+
 @pytest.mark.parametrize("mode", ["plaintext", "compatible", "safe"])
-def test_a_text_message_gets_a_cited_chinese_answer_in_every_mode(make_wechat, kb_service, mode):
+def test_a_text_message_gets_a_cited_chinese_answer_in_every_mode(make_wechat, kb_services, mode):
     wx = make_wechat(mode)
     reply = wx.send(QUESTION)
-    assert reply.startswith("根据" + ANSWER_MARK)
-    assert "\n\n依据：\n【1】" + ANSWER_MARK in reply
+    assert _opens_with_a_cited_sentence(reply)
+    basis = reply.split("\n\n依据：\n", 1)[1].split("\n\n", 1)[0]
+    assert re.search(r"【\d】" + re.escape(ANSWER_MARK), basis)
     assert "提交司法确认申请书" in reply
 
 
-def test_a_forged_message_is_refused_and_not_processed(make_wechat, kb_service):
+def test_a_forged_message_is_refused_and_not_processed(make_wechat, kb_services):
     wx = make_wechat()
-    counter = SlowAsk(kb_service, slow=False)
+    counter = SlowAsk(kb_services, slow=False)
     params = wx.signed_params(openid="oUser1")
     params["signature"] = "0" * 40
     response = wx.client.post("/wechat", params=params, content=text_xml(QUESTION, "1001", "oUser1").encode())
@@ -231,9 +240,9 @@ def test_a_forged_message_is_refused_and_not_processed(make_wechat, kb_service):
     assert counter.calls == 0
 
 
-def test_an_encrypted_message_with_a_forged_msg_signature_is_refused(make_wechat, kb_service):
+def test_an_encrypted_message_with_a_forged_msg_signature_is_refused(make_wechat, kb_services):
     wx = make_wechat("safe")
-    counter = SlowAsk(kb_service, slow=False)
+    counter = SlowAsk(kb_services, slow=False)
     params = wx.signed_params(
         openid="oUser1"
     )  # the outer signature is right; the one over the ciphertext is not
@@ -248,9 +257,9 @@ def test_an_encrypted_message_with_a_forged_msg_signature_is_refused(make_wechat
     assert counter.calls == 0
 
 
-def test_a_message_encrypted_for_another_appid_is_refused(make_wechat, kb_service):
+def test_a_message_encrypted_for_another_appid_is_refused(make_wechat, kb_services):
     wx = make_wechat("safe")
-    counter = SlowAsk(kb_service, slow=False)
+    counter = SlowAsk(kb_services, slow=False)
     params = wx.signed_params(openid="oUser1")
     encrypted = wx_encrypt(text_xml(QUESTION, "1003", "oUser1"), appid="wx_someone_else")
     params |= {
@@ -264,9 +273,9 @@ def test_a_message_encrypted_for_another_appid_is_refused(make_wechat, kb_servic
 
 
 @pytest.mark.parametrize("age", [3600, -3600])
-def test_a_replayed_request_with_a_stale_timestamp_is_refused(make_wechat, kb_service, age):
+def test_a_replayed_request_with_a_stale_timestamp_is_refused(make_wechat, kb_services, age):
     wx = make_wechat()
-    counter = SlowAsk(kb_service, slow=False)
+    counter = SlowAsk(kb_services, slow=False)
     stale = int(time.time()) - age  # correctly signed, but an hour away from now
     response = wx.post_xml(text_xml(QUESTION, "1004", "oUser1"), timestamp=stale)
     assert response.status_code == 403
@@ -295,9 +304,9 @@ def test_a_replayed_request_with_a_stale_timestamp_is_refused(make_wechat, kb_se
         b"",
     ],
 )
-def test_malformed_xml_gets_400_and_is_not_processed(make_wechat, kb_service, body):
+def test_malformed_xml_gets_400_and_is_not_processed(make_wechat, kb_services, body):
     wx = make_wechat()
-    counter = SlowAsk(kb_service, slow=False)
+    counter = SlowAsk(kb_services, slow=False)
     response = wx.client.post("/wechat", params=wx.signed_params(openid="oUser1"), content=body)
     assert response.status_code == 400, response.text
     assert "消息" in response.json()["detail"]
@@ -308,9 +317,9 @@ def test_malformed_xml_gets_400_and_is_not_processed(make_wechat, kb_service, bo
     "encrypted",
     ["!!!not base64!!!", base64.b64encode(b"short").decode(), wx_encrypt("decrypts fine, but is not XML")],
 )
-def test_ciphertext_that_is_not_a_message_gets_400(make_wechat, kb_service, encrypted):
+def test_ciphertext_that_is_not_a_message_gets_400(make_wechat, kb_services, encrypted):
     wx = make_wechat("safe")
-    counter = SlowAsk(kb_service, slow=False)
+    counter = SlowAsk(kb_services, slow=False)
     params = wx.signed_params(openid="oUser1")
     params |= {
         "encrypt_type": "aes",
@@ -347,44 +356,44 @@ def test_the_endpoint_says_it_is_disabled_without_a_token(make_wechat):
         assert "XIAOYU_WECHAT_TOKEN" in response.json()["detail"]
 
 
-def test_a_malformed_aes_key_fails_at_startup_naming_the_setting(kb_service):
-    settings = kb_service.settings.model_copy(
+def test_a_malformed_aes_key_fails_at_startup_naming_the_setting(kb_services):
+    settings = kb_services.settings.model_copy(
         update={"wechat": WeChatSettings(token=TOKEN, appid=APPID, aes_key="short")}
     )
     with (
         pytest.raises(ValueError, match="XIAOYU_WECHAT_AES_KEY"),
-        TestClient(create_app(settings, kb_service)),
+        TestClient(create_app(settings, kb_services)),
     ):
         pass
 
 
 # ---- the 5-second rule -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["plaintext", "safe"])
-def test_a_retried_msgid_is_computed_once_and_every_retry_gets_the_same_reply(make_wechat, kb_service, mode):
+def test_a_retried_msgid_is_computed_once_and_every_retry_gets_the_same_reply(make_wechat, kb_services, mode):
     wx = make_wechat(mode)
-    counter = SlowAsk(kb_service, slow=False)
+    counter = SlowAsk(kb_services, slow=False)
     replies = [wx.send(QUESTION, msg_id="6001") for _ in range(3)]
     assert counter.calls == 1
     assert replies[0] == replies[1] == replies[2]
     assert ANSWER_MARK in replies[0]
 
 
-def test_an_answer_too_slow_for_the_first_request_is_given_to_a_retry_from_the_cache(make_wechat, kb_service):
+def test_an_answer_too_slow_for_the_first_request_is_given_to_a_retry_from_the_cache(make_wechat, kb_services):
     wx = make_wechat(reply_budget=0.2)
-    slow = SlowAsk(kb_service)
+    slow = SlowAsk(kb_services)
     # Not ready within the budget: the first request stays silent (WeChat has hung up by then) and WeChat
     # retries.
     assert wx.send(QUESTION, msg_id="7001") == "success"
     slow.release()
     assert wx.bridge.wait_idle(120)
     reply = wx.send(QUESTION, msg_id="7001")  # WeChat's retry of the same message
-    assert reply.startswith("根据" + ANSWER_MARK)
+    assert _opens_with_a_cited_sentence(reply)
     assert slow.calls == 1
 
 
-def test_an_answer_later_than_the_last_retry_comes_with_the_next_message(make_wechat, kb_service):
+def test_an_answer_later_than_the_last_retry_comes_with_the_next_message(make_wechat, kb_services):
     wx = make_wechat(reply_budget=0.2)
-    slow = SlowAsk(kb_service)
+    slow = SlowAsk(kb_services)
     assert wx.send(QUESTION, msg_id="8001") == "success"
     assert wx.send(QUESTION, msg_id="8001") == "success"
     assert (
@@ -400,13 +409,13 @@ def test_an_answer_later_than_the_last_retry_comes_with_the_next_message(make_we
     assert slow.calls == 1
     # Delivered once: the next message is a question again.
     again = wx.send("物业服务企业可以停水停电催交物业费吗？", msg_id="8004")
-    assert again.startswith("根据《") and not again.startswith("您之前的问题")
+    assert _opens_with_a_cited_sentence(again) and not again.startswith("您之前的问题")
     assert slow.calls == 2
 
 
-def test_a_message_beyond_the_pending_limit_is_asked_to_retry_shortly(make_wechat, kb_service):
+def test_a_message_beyond_the_pending_limit_is_asked_to_retry_shortly(make_wechat, kb_services):
     wx = make_wechat(reply_budget=0.2, max_pending=1)
-    slow = SlowAsk(kb_service)
+    slow = SlowAsk(kb_services)
     assert wx.send(QUESTION, msg_id="8101", openid="oA") == "success"
     assert wx.send("物业费不交会怎么样？", msg_id="8102", openid="oB") == fmt.BUSY
     slow.release()
@@ -487,11 +496,11 @@ def wechat_api():
 
 
 def test_with_an_appsecret_a_late_answer_is_pushed_as_a_customer_service_message(
-    make_wechat, kb_service, wechat_api
+    make_wechat, kb_services, wechat_api
 ):
     api = wechat_api()
     wx = make_wechat("safe", reply_budget=0.2, appsecret="s3cret", api_base_url=api.base_url)
-    slow = SlowAsk(kb_service)
+    slow = SlowAsk(kb_services)
     for question, msg_id in ((QUESTION, "9001"), ("物业服务企业可以停水停电催交物业费吗？", "9002")):
         replies = [wx.send(question, msg_id=msg_id) for _ in range(3)]
         assert replies == ["success", "success", fmt.PLACEHOLDER_PUSH]
@@ -500,19 +509,19 @@ def test_with_an_appsecret_a_late_answer_is_pushed_as_a_customer_service_message
     assert {m["touser"] for m in api.sent} == {"oUser1"}
     assert [m["msgtype"] for m in api.sent] == ["text", "text"]
     texts = sorted((m["text"]["content"] for m in api.sent), key=lambda t: ANSWER_MARK in t)
-    assert "供水" in texts[0] and texts[1].startswith("根据" + ANSWER_MARK)
+    assert "供水" in texts[0] and _opens_with_a_cited_sentence(texts[1])
     assert all(len(t.encode("utf-8")) <= 2048 for t in texts)
     assert api.token_fetches == 1  # the access token is cached between pushes
     assert slow.calls == 2
     # Pushed, so not delivered again: the next message is simply a question.
-    assert wx.send("物业费不交会怎么样？", msg_id="9003").startswith("根据《")
+    assert _opens_with_a_cited_sentence(wx.send("物业费不交会怎么样？", msg_id="9003"))
     assert slow.calls == 3
 
 
-def test_when_the_push_fails_the_answer_comes_with_the_next_message(make_wechat, kb_service, wechat_api):
+def test_when_the_push_fails_the_answer_comes_with_the_next_message(make_wechat, kb_services, wechat_api):
     api = wechat_api(send_errcode=45015)  # WeChat refuses: the resident has not interacted recently enough
     wx = make_wechat(reply_budget=0.2, appsecret="s3cret", api_base_url=api.base_url)
-    slow = SlowAsk(kb_service)
+    slow = SlowAsk(kb_services)
     assert [wx.send(QUESTION, msg_id="9101") for _ in range(3)][-1] == fmt.PLACEHOLDER_PUSH
     slow.release()
     assert wx.bridge.wait_idle(120)
@@ -544,9 +553,9 @@ def test_the_access_token_is_shared_through_the_data_dir(tmp_path, wechat_api):
 
 
 # ---- conversation ------------------------------------------------------------------------------------------
-def test_a_long_answer_is_split_and_continue_returns_the_next_parts(make_wechat, kb_service):
+def test_a_long_answer_is_split_and_continue_returns_the_next_parts(make_wechat, kb_services):
     wx = make_wechat("safe", reply_max_bytes=400)
-    expected = fmt.format_answer(kb_service.ask(QUESTION))  # the same answer, asked without a session
+    expected = fmt.format_answer(kb_services.chat.ask(QUESTION))  # the same answer, asked without a session
     pages = [wx.send(QUESTION)]
     while pages[-1].endswith(fmt.MORE_HINT):
         pages.append(wx.send("继续"))
@@ -558,7 +567,7 @@ def test_a_long_answer_is_split_and_continue_returns_the_next_parts(make_wechat,
     assert wx.send("继续") == fmt.NO_MORE
 
 
-def test_a_retried_continue_does_not_skip_a_part(make_wechat, kb_service):
+def test_a_retried_continue_does_not_skip_a_part(make_wechat, kb_services):
     wx = make_wechat(reply_max_bytes=400)
     wx.send(QUESTION)
     second = [wx.send("继续", msg_id="9201") for _ in range(2)]
@@ -566,23 +575,28 @@ def test_a_retried_continue_does_not_skip_a_part(make_wechat, kb_service):
     assert second[0] == second[1] != third
 
 
-def test_memory_is_per_openid_and_restart_clears_it(make_wechat, kb_service):
+def _stored(services, session: str):
+    """The conversation as stored in the data dir, read by a session store of our own."""
+    return SessionStore(services.settings.data_dir / "sessions.sqlite3").history(session)
+
+
+def test_memory_is_per_openid_and_restart_clears_it(make_wechat, kb_services):
     wx = make_wechat()
     wx.send(QUESTION, openid="oAlice")
     wx.send("入党需要什么条件？", openid="oBob")
-    alice = kb_service.sessions.history(session_id("oAlice"))
+    alice = _stored(kb_services, session_id("oAlice"))
     assert [t.content for t in alice if t.role == "user"] == [QUESTION]
-    assert [t.content for t in kb_service.sessions.history(session_id("oBob")) if t.role == "user"] == [
+    assert [t.content for t in _stored(kb_services, session_id("oBob")) if t.role == "user"] == [
         "入党需要什么条件？"
     ]
     assert wx.send("重新开始", openid="oAlice") == fmt.RESET_DONE
-    assert kb_service.sessions.history(session_id("oAlice")) == []
-    assert len(kb_service.sessions.history(session_id("oBob"))) == 2
+    assert _stored(kb_services, session_id("oAlice")) == []
+    assert len(_stored(kb_services, session_id("oBob"))) == 2
 
 
-def test_questions_are_logged_on_the_wechat_channel(make_wechat, kb_service):
+def test_questions_are_logged_on_the_wechat_channel(make_wechat, kb_services):
     wx = make_wechat()
-    counter = SlowAsk(kb_service, slow=False)
+    counter = SlowAsk(kb_services, slow=False)
     real = counter.real
     seen = {}
 
@@ -604,13 +618,13 @@ def test_a_too_long_question_gets_the_services_chinese_message(make_wechat):
     assert wx.send("物业" * 600).startswith("问题太长了")
 
 
-def test_an_answerer_failure_gets_an_apology_not_an_error(make_wechat, kb_service):
+def test_an_answerer_failure_gets_an_apology_not_an_error(make_wechat, kb_services):
     wx = make_wechat()
 
     def broken(*args, **kwargs):  # a fake failure: the real answerer does not fail on demand
         raise RuntimeError("index unavailable")
 
-    kb_service.ask = broken
+    kb_services.chat.ask = broken
     assert wx.send(QUESTION) == fmt.FAILED
 
 
@@ -623,25 +637,25 @@ def _media_xml(msg_type: str, fields: str) -> str:
     return wechat_xml(msg_type, f"{fields}<MsgId>{secrets.randbelow(10**18)}</MsgId>")
 
 
-def test_subscribing_gets_a_welcome_whose_examples_are_answered(make_wechat, kb_service):
+def test_subscribing_gets_a_welcome_whose_examples_are_answered(make_wechat, kb_services):
     wx = make_wechat("compatible")
     welcome = wx.send_xml(_event_xml("subscribe"))
     assert welcome == fmt.WELCOME
     assert "党建" in welcome and "物业" in welcome and "调解" in welcome
     for example in fmt.EXAMPLES:
         assert example in welcome
-        assert not kb_service.ask(example).refused, example
+        assert not kb_services.chat.ask(example).refused, example
 
 
-def test_a_voice_message_with_recognition_is_answered_as_text(make_wechat, kb_service):
+def test_a_voice_message_with_recognition_is_answered_as_text(make_wechat, kb_services):
     wx = make_wechat("safe")
-    counter = SlowAsk(kb_service, slow=False)
+    counter = SlowAsk(kb_services, slow=False)
     voice = _media_xml(
         "voice",
         f"<MediaId><![CDATA[m1]]></MediaId><Format><![CDATA[amr]]></Format>"
         f"<Recognition><![CDATA[{QUESTION}]]></Recognition>",
     )
-    assert wx.send_xml(voice).startswith("根据" + ANSWER_MARK)
+    assert _opens_with_a_cited_sentence(wx.send_xml(voice))
     assert counter.calls == 1
     unclear = _media_xml("voice", "<MediaId><![CDATA[m2]]></MediaId><Format><![CDATA[amr]]></Format>")
     assert wx.send_xml(unclear) == fmt.VOICE_UNCLEAR
@@ -662,9 +676,9 @@ def test_a_voice_message_with_recognition_is_answered_as_text(make_wechat, kb_se
         _media_xml("shortvideo", "<MediaId><![CDATA[m4]]></MediaId>"),
     ],
 )
-def test_images_locations_and_other_types_get_a_short_help_text(make_wechat, kb_service, xml):
+def test_images_locations_and_other_types_get_a_short_help_text(make_wechat, kb_services, xml):
     wx = make_wechat()
-    counter = SlowAsk(kb_service, slow=False)
+    counter = SlowAsk(kb_services, slow=False)
     assert wx.send_xml(xml) == fmt.HELP
     assert counter.calls == 0
 
@@ -675,9 +689,9 @@ def test_events_not_addressed_to_us_get_success_and_no_message(make_wechat, even
     assert wx.send_xml(_event_xml(event)) == "success"
 
 
-def test_a_question_quoted_back_with_cdata_terminators_stays_valid_xml(make_wechat, kb_service):
+def test_a_question_quoted_back_with_cdata_terminators_stays_valid_xml(make_wechat, kb_services):
     wx = make_wechat(reply_budget=0.2)
-    slow = SlowAsk(kb_service)
+    slow = SlowAsk(kb_services)
     question = "]]><Content>物业费不交会怎么样？"
     assert [wx.send(question, msg_id="9301") for _ in range(3)][-1] == fmt.PLACEHOLDER
     slow.release()

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from assistant.types import Answer, Citation
+from assistant.types import Answer, AnswerKind, Citation, ComposeMode
 from assistant.wechat.format import MORE_HINT, format_answer, paginate
 
 
@@ -30,7 +30,7 @@ def _article_answer() -> Answer:
         "根据《物业管理条例》第三十五条：物业服务企业应当按照物业服务合同的约定，提供相应的服务。【1】\n\n相关条文：\n"
         f"【1】《物业管理条例》第三十五条：{quote}\n【2】《江苏省物业管理条例》第八十五条：业主未按约定支付物业费的，可以催告。"
     )
-    return Answer(text, citations, False, "物业公司不履行合同怎么办", "extractive")
+    return Answer(text, citations, AnswerKind.ANSWERED, "物业公司不履行合同怎么办", ComposeMode.EXTRACTIVE)
 
 
 def test_citations_become_short_title_and_article_lines():
@@ -49,9 +49,9 @@ def test_a_refusal_is_its_text_without_a_basis_section():
     answer = Answer(
         "抱歉，我在已收录的政策文件中没有找到能回答这个问题的依据。\n\n建议您咨询社区居委会。",
         (),
-        True,
+        AnswerKind.REFUSED,
         "",
-        "refusal",
+        ComposeMode.TEMPLATE,
     )
     assert format_answer(answer) == answer.text
 
@@ -60,9 +60,9 @@ def test_markdown_from_an_llm_answer_is_shown_as_plain_text():
     answer = Answer(
         "## 结论\n**业主**应当按约定交纳物业费【1】。",
         (Citation(1, "a.md", "物业管理条例", "第四十一条", ""),),
-        False,
+        AnswerKind.ANSWERED,
         "",
-        "llm",
+        ComposeMode.LLM,
     )
     assert (
         format_answer(answer)

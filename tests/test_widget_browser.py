@@ -13,7 +13,7 @@ import pytest
 
 from assistant.api import create_app
 from assistant.config import PROJECT_ROOT, Settings, StaffSettings, WebSettings
-from assistant.service import build_service
+from assistant.services import build_services
 
 pytestmark = pytest.mark.browser
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -46,7 +46,7 @@ def _app(service, **web):
 def service(kb_data_dir, embedder, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("widget-browser") / "data"
     shutil.copytree(kb_data_dir, data_dir)
-    return build_service(Settings(data_dir=data_dir), embedder)
+    return build_services(Settings(data_dir=data_dir), embedder)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def _ask(page, question: str):
 
 
 def test_resident_asks_on_the_demo_page_and_opens_the_cited_source(browser, base_url, service):
-    expected = service.ask(PROPERTY_FEE)  # what the widget must show, word for word
+    expected = service.chat.ask(PROPERTY_FEE)  # what the widget must show, word for word
     first = expected.citations[0]
     page = browser.new_page(viewport={"width": 1280, "height": 820}, locale="zh-CN")
     requested: list[str] = []
@@ -199,8 +199,8 @@ def hostile_url(embedder, tmp_path_factory, live_server):
     manifest = [{"file": "物业/管理规约.md", "title": "<i>春晖</i>小区管理规约", "category": "物业",
                  "issuer": "春晖小区<b>业主大会</b>", "date": "2024-01-01", "kind": "法规"}]
     (root / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
-    service = build_service(Settings(data_dir=root.parent / "hostile-data", knowledge_base=root), embedder)
-    assert not service.ingest([root]).failed
+    service = build_services(Settings(data_dir=root.parent / "hostile-data", knowledge_base=root), embedder)
+    assert not service.knowledge.ingest([root]).failed
     with live_server(_app(service)) as url:
         yield url
 
@@ -280,7 +280,7 @@ def community_site(service, live_server):
 
 
 def test_widget_works_embedded_on_an_allowed_site_and_shows_the_limit_message(browser, community_site, service):
-    expected = service.ask(PROPERTY_FEE)
+    expected = service.chat.ask(PROPERTY_FEE)
     page = browser.new_page()
     page.goto(community_site)
     page.get_by_role("button", name="打开春晖社区小助手").click()

@@ -1,4 +1,4 @@
-"""create_app(): the FastAPI application. Routes translate; ChatService decides."""
+"""create_app(): the FastAPI application. Routes translate; the services decide. Every XiaoyuError becomes its\nstatus and {"detail": user_message} here, in one handler."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from assistant.api.middleware import BodyLimit
 from assistant.api.routes import admin, chat, health, openai_compat, web
 from assistant.api.routes import wechat as wechat_routes
 from assistant.config import Settings, get_settings
-from assistant.service import ChatService, QuestionError, build_service
+from assistant.errors import XiaoyuError
+from assistant.services import Services, build_services
 
 log = logging.getLogger("xiaoyu")
 
@@ -41,14 +43,14 @@ def _chinese_validation_message(exc: RequestValidationError) -> str:
     return "；".join(dict.fromkeys(parts)) or "请求无效"
 
 
-def create_app(settings: Settings | None = None, service: ChatService | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if getattr(app.state, "service", None) is None:
-            app.state.service = build_service(settings)
-            report = app.state.service.ensure_ingested()
+        if getattr(app.state, "services", None) is None:
+            app.state.services = build_services(settings)
+            report = app.state.services.knowledge.ensure_ingested()
             if report is not None:
                 log.info("首次启动，已导入内置知识库：%s", report.summary())
         yield
@@ -56,21 +58,24 @@ def create_app(settings: Settings | None = None, service: ChatService | None = N
     app = FastAPI(title="小玉 Xiaoyu", version="0.1.0", lifespan=lifespan,
                   description="党建 · 物业 · 调解政策问答：每个回答都引用出处（文件 + 第X条）。")
     app.state.settings = settings
-    app.state.service = service
+    app.state.services = services
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": _chinese_validation_message(exc)})
 
-    @app.exception_handler(QuestionError)
-    async def on_question_error(request: Request, exc: QuestionError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
+    @app.exception_handler(XiaoyuError)
+    async def on_xiaoyu_error(request: Request, exc: XiaoyuError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": exc.user_message})
 
     app.include_router(health.router)
     app.include_router(chat.router)
     app.include_router(admin.router)
     app.include_router(wechat_routes.router)
     app.include_router(openai_compat.router)
+    # Inside the embed guard and CORS (added next), so that a 413 still carries the CORS headers a widget needs.
+    app.add_middleware(BodyLimit, json_limit=settings.web.max_body_kb * 1024,
+                       upload_limit=int(settings.staff.max_upload_mb * 1_000_000) + 64 * 1024)  # + form fields
     web.install(app, settings)  # widget, demo page, /sources, /api/chat/stream; CORS and rate limit
     from ui.console.app import mount_console  # imports gradio: only when an app is actually built
 

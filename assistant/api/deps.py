@@ -6,11 +6,26 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from assistant.service import ChatService
+from assistant.services import ChatService, KnowledgeBase, Services, StaffViews
 
 
-def get_service(request: Request) -> ChatService:
-    return request.app.state.service
+def get_services(request: Request) -> Services:
+    return request.app.state.services
 
 
-ServiceDep = Annotated[ChatService, Depends(get_service)]
+def get_chat(request: Request) -> ChatService:
+    return request.app.state.services.chat
+
+
+def get_knowledge(request: Request) -> KnowledgeBase:
+    return request.app.state.services.knowledge
+
+
+def get_staff(request: Request) -> StaffViews:
+    return request.app.state.services.staff
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+ChatDep = Annotated[ChatService, Depends(get_chat)]
+KnowledgeDep = Annotated[KnowledgeBase, Depends(get_knowledge)]
+StaffDep = Annotated[StaffViews, Depends(get_staff)]

@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from assistant.ratelimit import RateLimiter
+from assistant.state.ratelimit import RateLimiter
 
 # Endpoints that answer a question: each POST costs a retrieval, so each one counts against the limit.
 QUESTION_PATHS = frozenset({"/api/chat", "/api/chat/stream", "/v1/chat/completions"})
@@ -77,3 +78,61 @@ async def _refuse(send: Send, path: str, status: int, message: str, kind: str, c
                *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """Limits before work: a request body over its limit is a 413 while it is being read, never parsed. A declared
+    Content-Length over the limit is refused before a byte is read; a chunked body is counted as it arrives.
+    Uploads (the admin API, the console) get the upload limit, everything else the JSON limit."""
+
+    def __init__(self, app: ASGIApp, json_limit: int, upload_limit: int,
+                 upload_prefixes: tuple[str, ...] = ("/admin/documents", "/console")):
+        self.app = app
+        self.json_limit = json_limit
+        self.upload_limit = upload_limit
+        self.upload_prefixes = upload_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        limit = self.upload_limit if path.startswith(self.upload_prefixes) else self.json_limit
+        message = f"请求内容过大：上限是 {_size(limit)}。"
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await _refuse(send, path, 413, message, "invalid_request_error", "request_too_large")
+            return
+        received = 0
+        started = refused = False
+
+        async def counted() -> dict:
+            # Over the limit, the 413 goes out at once and the app is told the client left: FastAPI turns any
+            # exception raised while it reads a body into a 400, so raising here would hide the reason.
+            nonlocal received, refused
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > limit:
+                    if not started and not refused:
+                        refused = True
+                        await _refuse(send, path, 413, message, "invalid_request_error", "request_too_large")
+                    return {"type": "http.disconnect"}
+            return event
+
+        async def watched(event: dict) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 has been sent; whatever the app answers to the disconnect is dropped
+            started = started or event["type"] == "http.response.start"
+            await send(event)
+
+        try:
+            await self.app(scope, counted, watched)
+        except ClientDisconnect:
+            if not refused:  # a real disconnect is the server's business as before
+                raise
+
+
+def _size(limit: int) -> str:
+    return f"{limit / 1_000_000:.0f} MB" if limit >= 1_000_000 else f"{limit // 1024} KB"

@@ -83,8 +83,9 @@ class ChatResponse(BaseModel):
     citations: list[CitationOut]
     query: str = ""
     session_id: str | None = None
+    kind: Literal["answered", "refused", "smalltalk"] = "answered"
 
     @classmethod
     def of(cls, answer: Answer, session_id: str | None = None) -> ChatResponse:
         return cls(answer=answer.text, refused=answer.refused, citations=[CitationOut.of(c) for c in answer.citations],
-                   query=answer.query, session_id=session_id)
+                   query=answer.query, session_id=session_id, kind=answer.kind.value)

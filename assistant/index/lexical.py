@@ -9,10 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.config import BUNDLED_KB
-
-USER_DICT = BUNDLED_KB / "userdict.dic"
-
 # Function words residents type but documents don't share meaningfully; removing them keeps BM25 on content.
 STOPWORDS = frozenset(
     """的 了 是 吗 呢 吧 啊 呀 么 嘛 和 与 及 或 在 对 从 把 被 给 让 向 就 都 也 还 又 再 很 最 更 要 会 能 可 可以 应该 需要
@@ -24,9 +20,10 @@ _TOKEN_OK = re.compile(r"[\w\u4e00-\u9fff]")
 
 
 class JiebaTokenizer:
-    """One jieba Tokenizer (not jieba's global one) with the domain dictionary loaded once."""
+    """One jieba Tokenizer (not jieba's global one) with the knowledge base's dictionary (Settings.user_dict_path)
+    loaded once; None or a missing file: jieba's own dictionary only."""
 
-    def __init__(self, user_dict: Path | None = USER_DICT):
+    def __init__(self, user_dict: Path | None = None):
         import jieba
 
         jieba.setLogLevel(60)  # jieba prints its cache building to stderr; that is noise in a CLI

@@ -13,14 +13,17 @@ from assistant.types import Chunk
 _BATCH = 1000  # Chroma caps a single add; stay well under it
 
 
-def _collection_name(embedder_name: str) -> str:
+def _collection_name(embedder_name: str, kind: str = "chunks") -> str:
     # One collection per embedder: vectors of different models must never be compared.
     slug = re.sub(r"[^a-zA-Z0-9]+", "-", embedder_name).strip("-").lower()
-    return f"chunks-{slug}"[:60].strip("-")
+    return f"{kind}-{slug}"[:60].strip("-")
 
 
 class ChromaStore:
-    def __init__(self, embedder_name: str, path: Path | None = None, host: str = "", port: int = 8000):
+    """`kind` names the collection's content: "chunks" (retrieval) or "sentences" (sentence vectors, by id)."""
+
+    def __init__(self, embedder_name: str, path: Path | None = None, host: str = "", port: int = 8000,
+                 kind: str = "chunks"):
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
@@ -33,7 +36,7 @@ class ChromaStore:
             path.mkdir(parents=True, exist_ok=True)
             self._client = chromadb.PersistentClient(path=str(path), settings=settings)
         self._collection = self._client.get_or_create_collection(
-            _collection_name(embedder_name),
+            _collection_name(embedder_name, kind),
             configuration={"hnsw": {"space": "cosine"}},
             embedding_function=None,  # we always pass vectors; Chroma must not download its default model
         )
@@ -53,6 +56,18 @@ class ChromaStore:
                 documents=[c.text for c in part],
                 metadatas=[{"source": c.source, "section": c.section} for c in part],
             )
+
+    def upsert_texts(self, ids: Sequence[str], texts: Sequence[str], vectors: np.ndarray) -> None:
+        for i in range(0, len(ids), _BATCH):
+            self._collection.upsert(ids=list(ids[i : i + _BATCH]), embeddings=vectors[i : i + _BATCH],
+                                    documents=list(texts[i : i + _BATCH]))
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of these ids (unknown ids are left out)."""
+        if not ids:
+            return {}
+        res = self._collection.get(ids=list(ids), include=["embeddings"])
+        return {i: np.asarray(v, dtype=np.float32) for i, v in zip(res["ids"], res["embeddings"])}
 
     def delete(self, ids: Sequence[str]) -> None:
         ids = list(ids)

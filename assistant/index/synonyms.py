@@ -1,17 +1,13 @@
 """Residents say 业委会 and 维修基金; policy files say 业主委员会 and 专项维修资金. A staff-editable table
-(knowledge_base/synonyms.tsv) bridges the two before retrieval."""
+(synonyms.tsv in the configured knowledge base, Settings.synonyms_path) bridges the two before retrieval."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from assistant.config import BUNDLED_KB
-
-SYNONYMS = BUNDLED_KB / "synonyms.tsv"
-
 
 class QueryExpander:
-    def __init__(self, path: Path | None = SYNONYMS):
+    def __init__(self, path: Path | None = None):
         self.table: dict[str, tuple[str, ...]] = {}
         if path is not None and path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():

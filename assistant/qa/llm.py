@@ -17,11 +17,21 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from assistant.answering import ExtractiveAnswerer, answer_events
-from assistant.condense import Condenser
 from assistant.config import LLMSettings
-from assistant.types import Answer, Citation, Retrieval, StreamEvent, Turn
-from assistant.verify import SentenceBuffer, SupportVerifier, attach, bigrams
+from assistant.qa.compose import ExtractiveAnswerer, answer_events
+from assistant.qa.understand import Condenser
+from assistant.qa.verify import SentenceBuffer, SupportVerifier, attach, bigrams
+from assistant.types import (
+    Answer,
+    AnswerKind,
+    Citation,
+    ComposeMode,
+    EventType,
+    Retrieval,
+    StreamEvent,
+    Turn,
+    TurnPlan,
+)
 
 log = logging.getLogger("xiaoyu.llm")
 
@@ -161,15 +171,16 @@ class LLMAnswerer:
     def refuse(self, query: str = "", injection: bool = False) -> Answer:
         return self.fallback.refuse(query, injection)
 
-    def answer(self, retrieval: Retrieval, deadline: float | None = None) -> Answer:
+    def answer(self, retrieval: Retrieval, deadline: float | None = None, plan: TurnPlan | None = None) -> Answer:
         answer = None
-        for event in self.stream(retrieval, deadline):
-            if event.kind == "done":
+        for event in self.stream(retrieval, deadline, plan):
+            if event.type is EventType.DONE:
                 answer = event.answer
         assert answer is not None  # stream() always ends with done
         return answer
 
-    def stream(self, retrieval: Retrieval, deadline: float | None = None) -> Iterator[StreamEvent]:
+    def stream(self, retrieval: Retrieval, deadline: float | None = None, plan: TurnPlan | None = None
+               ) -> Iterator[StreamEvent]:
         """Verified sentences as they complete: a citations event whenever a sentence brings a new source (the
         list so far, final numbering), then that sentence as a delta; done at the end."""
         if not retrieval.evidence.covered:
@@ -196,22 +207,23 @@ class LLMAnswerer:
                     continue
                 if len(draft.shown) > announced:
                     announced = len(draft.shown)
-                    yield StreamEvent("citations", citations=draft.used_citations())
+                    yield StreamEvent(EventType.CITATIONS, citations=draft.used_citations())
                 for piece in held:
-                    yield StreamEvent("delta", text=piece)
+                    yield StreamEvent(EventType.DELTA, text=piece)
                 held.clear()
         except Exception as exc:  # timeout, connection refused, HTTP 5xx, malformed stream: all mean "fall back"
             failure = describe(exc)
         if len(draft.kept) >= self.settings.min_sentences:
             notes = draft.notes() + ((f"LLM 中断：{failure}",) if failure else ())
-            answer = Answer("".join(draft.kept), draft.used_citations(), False, retrieval.query, "llm", notes)
+            answer = Answer("".join(draft.kept), draft.used_citations(), AnswerKind.ANSWERED, retrieval.query, ComposeMode.LLM,
+                            notes)
             log.info("answer mode=llm %s", "; ".join(notes))
-            yield StreamEvent("done", answer=answer)
+            yield StreamEvent(EventType.DONE, answer=answer)
             return
         reason = f"LLM 失败：{failure}" if failure else "LLM 回答中没有可核实的句子"
-        fallback = self.fallback.answer(retrieval)
+        fallback = self.fallback.answer(retrieval, plan=plan)
         notes = (reason, *(draft.notes() if not failure else ()))
-        answer = dataclasses.replace(fallback, mode="extractive-fallback", notes=(*fallback.notes, *notes))
+        answer = dataclasses.replace(fallback, mode=ComposeMode.LLM_FALLBACK, notes=(*fallback.notes, *notes))
         log.warning("answer mode=extractive-fallback %s", "; ".join(notes))
         yield from answer_events(answer)
 

@@ -1,48 +1,113 @@
-"""HybridRetriever: BM25 over jieba tokens ∥ dense e5 vectors → weighted reciprocal-rank fusion, plus the evidence
-used to decide whether the knowledge base covers a question at all."""
+"""HybridRetriever: BM25 over jieba tokens ∥ dense e5 vectors → weighted reciprocal-rank fusion (a pure function
+below), with the index statistics the evidence step needs (how much of the query the top hits cover)."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from assistant.catalog import Catalog, IndexDir
-from assistant.condense import Condenser
+import numpy as np
+
 from assistant.config import RetrievalSettings
-from assistant.embedding import Embedder
-from assistant.lexical import JiebaTokenizer, LexicalIndex
-from assistant.store import ChromaStore
-from assistant.synonyms import QueryExpander
-from assistant.types import Chunk, Evidence, Retrieval, ScoredChunk, Turn
+from assistant.index.catalog import Catalog, IndexDir
+from assistant.index.embedding import Embedder
+from assistant.index.lexical import JiebaTokenizer, LexicalIndex
+from assistant.index.sentences import provision_sentences, sentence_id
+from assistant.index.store import ChromaStore
+from assistant.index.synonyms import QueryExpander
+from assistant.qa.understand import INTENT_SIGNS
+from assistant.types import Chunk, ScoredChunk
 
 Mode = Literal["hybrid", "bm25", "dense"]
+Ranked = tuple[tuple[str, float], ...]  # (chunk id, score), best first
+SentenceScores = dict[str, tuple[tuple[str, float], ...]]  # chunk id → (sentence, cosine to the query), in order
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What retrieval found for one query, with the raw rankings the evidence step judges."""
+
+    query: str
+    hits: tuple[ScoredChunk, ...]
+    lexical: Ranked
+    dense: Ranked
+    coverage: float  # idf-weighted share of the query's content words found in the top 3 hits
+    unknown: float  # idf-weighted share of the query's content words that no chunk contains at all
+    content_words: int = 1  # the query's content words (stopwords and question words left out)
+    sentences: SentenceScores = field(default_factory=dict)  # for the reranked pool; empty without sentence vectors
 
 
 @dataclass(frozen=True)
 class _Snapshot:
     catalog: Catalog
     lexical: LexicalIndex
-    tokens: dict[str, frozenset[str]]  # chunk id → its content words, for the overlap evidence
+    tokens: dict[str, frozenset[str]]  # chunk id → its content words, for the coverage evidence
     idf: dict[str, float]  # word → idf over live chunks; unseen words get the maximum
     max_idf: float
 
 
+def fuse(chunks: dict[str, Chunk], lexical: Ranked, dense: Ranked, rrf_k: int, lexical_weight: float,
+         dense_weight: float) -> list[ScoredChunk]:
+    """Weighted reciprocal-rank fusion: a chunk ranked r by a retriever earns weight / (rrf_k + r) from it."""
+    table: dict[str, dict] = {}
+    for rank, (cid, score) in enumerate(lexical, 1):
+        table.setdefault(cid, {})["lexical"] = (rank, score)
+    for rank, (cid, score) in enumerate(dense, 1):
+        table.setdefault(cid, {})["dense"] = (rank, score)
+    out = []
+    for cid, parts in table.items():
+        lr, ls = parts.get("lexical", (None, 0.0))
+        dr, ds = parts.get("dense", (None, 0.0))
+        fused = (lexical_weight / (rrf_k + lr) if lr else 0.0) + (dense_weight / (rrf_k + dr) if dr else 0.0)
+        out.append(ScoredChunk(chunks[cid], fused, ls, ds, lr, dr))
+    out.sort(key=lambda h: (-h.score, -h.dense))
+    return out
+
+
+def rerank(pool: list[ScoredChunk], sentences: SentenceScores, intent: str, sentence_weight: float,
+           intent_weight: float) -> list[ScoredChunk]:
+    """Provisions, not only documents: within the pool, an article with one sentence very close to the question
+    (max-sim) and one that gives what the intent asks for (a time limit for 多久) moves up. Scores are relative to
+    the pool's best fused score, so the weights mean the same for every question."""
+    if not pool:
+        return pool
+    top = pool[0].score or 1.0
+    best_sim = max((max((sim for _, sim in sentences.get(h.chunk.id, ())), default=0.0) for h in pool), default=0.0)
+    sign = INTENT_SIGNS.get(intent)
+    scored = []
+    for hit in pool:
+        sims = sentences.get(hit.chunk.id, ())
+        score = hit.score / top
+        if sims:
+            score += sentence_weight * (max(sim for _, sim in sims) - best_sim)
+        if sign is not None and sign.search(hit.chunk.body):
+            score += intent_weight
+        scored.append(replace(hit, score=score))
+    scored.sort(key=lambda h: (-h.score, -h.dense))
+    return scored
+
+
+def diversify(ranked: list[ScoredChunk], cap: int) -> list[ScoredChunk]:
+    """At most `cap` chunks of one document in the top k: a long regulation with many loosely related articles
+    must not crowd out the one document that answers the question."""
+    if cap <= 0:
+        return ranked
+    per_source: Counter[str] = Counter()
+    head, tail = [], []
+    for hit in ranked:
+        (head if per_source[hit.chunk.source] < cap else tail).append(hit)
+        per_source[hit.chunk.source] += 1
+    return head + tail
+
+
 class HybridRetriever:
-    def __init__(
-        self,
-        embedder: Embedder,
-        store: ChromaStore,
-        index_dir: IndexDir,
-        tokenizer: JiebaTokenizer,
-        settings: RetrievalSettings,
-        expander: QueryExpander,
-        condenser: Condenser,
-    ):
+    def __init__(self, embedder: Embedder, store: ChromaStore, index_dir: IndexDir, tokenizer: JiebaTokenizer,
+                 settings: RetrievalSettings, expander: QueryExpander, sentences: ChromaStore | None = None):
+        self.sentences = sentences  # sentence vectors (ingest/pipeline.py); None: rank by fused chunk scores only
         self.expander = expander
-        self.condenser = condenser
         self.embedder = embedder
         self.store = store
         self.index_dir = index_dir
@@ -62,93 +127,72 @@ class HybridRetriever:
 
     def reload(self) -> None:
         """Pick up a newly committed generation. Requests in flight keep the snapshot they started with: each
-        retrieve() reads self._snap once, and rebinding an attribute is atomic."""
+        search() reads self._snap once, and rebinding an attribute is atomic."""
         self._snap = self._load()
 
     @property
     def catalog(self) -> Catalog:
         return self._snap.catalog
 
+    def knows(self, word: str) -> bool:
+        """Whether any live chunk contains this content word (as the tokenizer cuts it)."""
+        return word in self._snap.idf
+
     # ---- search ---------------------------------------------------------------------------------
-    def condense(self, question: str, history: Sequence[Turn]) -> str:
-        return self.condenser.condense(question, history)
-
-    def retrieve(
-        self, question: str, history: Sequence[Turn] = (), top_k: int | None = None, mode: Mode = "hybrid"
-    ) -> Retrieval:
+    def search(self, query: str, top_k: int | None = None, mode: Mode = "hybrid", intent: str = "") -> Candidates:
         snap = self._snap
-        query = self.condense(question, history)
-        top_k = top_k or self.settings.top_k
-        n = max(self.settings.candidates, top_k)
+        s = self.settings
+        top_k = top_k or s.top_k
+        n = max(s.candidates, top_k)
         expanded = self.expander.expand(query)
-        lexical = snap.lexical.search(expanded if self.settings.expand_lexical else query, n) if mode != "dense" else []
-        dense: list[tuple[str, float]] = []
+        lexical: Ranked = ()
+        if mode != "dense":
+            lexical = tuple(snap.lexical.search(expanded if s.expand_lexical else query, n))
+        dense: Ranked = ()
+        vector = None
         if mode != "bm25" and snap.catalog.chunks:
+            vector = self.embedder.embed_query(expanded if s.expand_dense else query)
             # Over-fetch: the store may hold vectors of chunks that are no longer live (see catalog.py).
-            raw = self.store.query(self.embedder.embed_query(expanded if self.settings.expand_dense else query), n + 10)
-            dense = [(cid, s) for cid, s in raw if cid in snap.catalog.chunks][:n]
-        fused = self._diversify(self._fuse(snap.catalog.chunks, lexical, dense, mode))
-        hits = tuple(fused[:top_k])
-        return Retrieval(query, hits, self._evidence(snap, query, lexical, dense, hits))
+            raw = self.store.query(vector, n + 10)
+            dense = tuple((cid, sc) for cid, sc in raw if cid in snap.catalog.chunks)[:n]
+        fused = fuse(snap.catalog.chunks, lexical, dense, s.rrf_k,
+                     s.lexical_weight if mode != "dense" else 0.0, s.dense_weight if mode != "bm25" else 0.0)
+        ranked = diversify(fused, s.max_per_source)
+        pool = ranked[: max(top_k, s.rerank_pool)]
+        sentences = self._sentence_scores(vector, pool)
+        if mode == "hybrid" and s.rerank_pool:
+            pool = rerank(pool, sentences, intent, s.sentence_weight, s.intent_weight)
+        hits = tuple(pool[:top_k])
+        words = set(self.tokenizer.tokens(query))
+        return Candidates(query, hits, lexical, dense, *self._coverage(snap, words, hits),
+                          content_words=len(words), sentences=sentences)
 
-    def _fuse(
-        self,
-        chunks: dict[str, Chunk],
-        lexical: list[tuple[str, float]],
-        dense: list[tuple[str, float]],
-        mode: Mode,
-    ) -> list[ScoredChunk]:
-        k = self.settings.rrf_k
-        wl = self.settings.lexical_weight if mode != "dense" else 0.0
-        wd = self.settings.dense_weight if mode != "bm25" else 0.0
-        table: dict[str, dict] = {}
-        for rank, (cid, score) in enumerate(lexical, 1):
-            table.setdefault(cid, {})["lexical"] = (rank, score)
-        for rank, (cid, score) in enumerate(dense, 1):
-            table.setdefault(cid, {})["dense"] = (rank, score)
-        out = []
-        for cid, parts in table.items():
-            lr, ls = parts.get("lexical", (None, 0.0))
-            dr, ds = parts.get("dense", (None, 0.0))
-            fused = (wl / (k + lr) if lr else 0.0) + (wd / (k + dr) if dr else 0.0)
-            out.append(ScoredChunk(chunks[cid], fused, ls, ds, lr, dr))
-        out.sort(key=lambda h: (-h.score, -h.dense))
+    def _sentence_scores(self, vector: np.ndarray | None, pool: Sequence[ScoredChunk]) -> SentenceScores:
+        """Cosine of the query to each sentence of the pool's chunks, from the stored sentence vectors."""
+        if self.sentences is None or vector is None or not pool:
+            return {}
+        per_chunk = {h.chunk.id: provision_sentences(h.chunk.body) for h in pool}
+        ids = {sentence_id(t) for texts in per_chunk.values() for t in texts}
+        stored = self.sentences.vectors(sorted(ids))
+        q = np.asarray(vector, dtype=np.float32)
+        q = q / (np.linalg.norm(q) or 1.0)
+        out: SentenceScores = {}
+        for cid, texts in per_chunk.items():
+            scored = []
+            for t in texts:
+                v = stored.get(sentence_id(t))
+                if v is not None:
+                    scored.append((t, float(v @ q / (np.linalg.norm(v) or 1.0))))
+            out[cid] = tuple(scored)
         return out
 
-    def _diversify(self, ranked: list[ScoredChunk]) -> list[ScoredChunk]:
-        """At most max_per_source chunks of one document in the top k: a long regulation with many loosely
-        related articles must not crowd out the one document that answers the question."""
-        cap = self.settings.max_per_source
-        if cap <= 0:
-            return ranked
-        per_source: Counter[str] = Counter()
-        head, tail = [], []
-        for hit in ranked:
-            (head if per_source[hit.chunk.source] < cap else tail).append(hit)
-            per_source[hit.chunk.source] += 1
-        return head + tail
-
-    def _evidence(
-        self,
-        snap: _Snapshot,
-        query: str,
-        lexical: list[tuple[str, float]],
-        dense: list[tuple[str, float]],
-        hits: Sequence[ScoredChunk],
-    ) -> Evidence:
-        s = self.settings
-        if not hits:
-            return Evidence(False, "知识库中没有相关内容")
-        words = set(self.tokenizer.tokens(query))
-        # Coverage weighted by idf: "红烧肉" (unseen in the corpus) weighs more than "怎么" or "小区".
+    @staticmethod
+    def _coverage(snap: _Snapshot, words: set[str], hits: Sequence[ScoredChunk]) -> tuple[float, float]:
+        """(share found in the top hits, share found nowhere), weighted by idf: "红烧肉" (unseen in the corpus)
+        weighs more than "怎么" or "小区"."""
         near = frozenset().union(*(snap.tokens.get(h.chunk.id, frozenset()) for h in hits[:3]))
         total = sum(snap.idf.get(w, snap.max_idf) for w in words)
-        overlap = sum(snap.idf.get(w, snap.max_idf) for w in words & near) / total if total else 0.0
-        dense_top = dense[0][1] if dense else 0.0
-        agreement = bool({cid for cid, _ in lexical[:3]} & {cid for cid, _ in dense[:3]})
-        if dense and dense_top >= s.min_dense and overlap >= s.min_overlap:
-            return Evidence(True, "检索证据充分", dense_top, overlap, agreement)
-        if not dense and overlap >= s.min_overlap_lexical_only:
-            return Evidence(True, "词语匹配（仅词法检索）", dense_top, overlap, agreement)
-        reason = f"证据不足：语义相似度 {dense_top:.3f}（阈值 {s.min_dense}），关键词覆盖 {overlap:.0%}"
-        return Evidence(False, reason, dense_top, overlap, agreement)
+        if not total:
+            return 0.0, 0.0
+        found = sum(snap.idf.get(w, snap.max_idf) for w in words & near) / total
+        return found, sum(snap.max_idf for w in words if w not in snap.idf) / total

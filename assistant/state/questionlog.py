@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from assistant.sqlite import SQLiteFile
+from assistant.state.sqlite import SQLiteFile
 from assistant.types import Answer, Evidence
 
 _SCHEMA = """
@@ -57,8 +59,42 @@ class LoggedQuestion:
     evidence: str = ""
 
 
+SECRET_FILE = "install-secret"
+
+
+def install_secret(data_dir: Path) -> str:
+    """A per-install random secret, made on first start and kept in the data dir: the salt of user hashes, so that
+    a WeChat OpenID can't be recovered from the log by hashing candidate ids with a salt everybody knows."""
+    path = data_dir / SECRET_FILE
+    try:
+        # O_EXCL: two workers starting together must end up with one secret, not overwrite each other's.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_text(encoding="ascii").strip()
+        if secret:
+            return secret
+        # An empty file: a crash between create and write. Nobody has hashed with it yet, so replace it.
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        secret = secrets.token_hex(32)
+        fh.write(secret)
+    return secret
+
+
+@dataclass(frozen=True)
+class QuestionQuery:
+    """Which logged questions to read, newest first."""
+
+    limit: int = 200
+    refused: bool | None = None
+    channel: str | None = None
+    below_confidence: float | None = None  # answered questions whose top dense similarity is under this
+    exclude_channels: tuple[str, ...] = ()
+    contains: str = ""  # a substring of the question
+
+
 class QuestionLog:
-    def __init__(self, path: Path, salt: str = "xiaoyu"):
+    def __init__(self, path: Path, salt: str):
         self._db = SQLiteFile(path, _SCHEMA)
         self._salt = salt
         self._migrate()
@@ -94,10 +130,11 @@ class QuestionLog:
             )
             return int(cur.lastrowid)
 
-    def recent(self, limit: int = 200, refused: bool | None = None, channel: str | None = None,
-               below_confidence: float | None = None, exclude_channels: tuple[str, ...] = (),
-               contains: str = "") -> list[LoggedQuestion]:
-        """Newest first. below_confidence keeps answered questions whose top dense similarity is under it."""
+    def recent(self, query: QuestionQuery = QuestionQuery()) -> list[LoggedQuestion]:
+        """Newest first."""
+        q = query
+        limit, refused, channel, below_confidence = q.limit, q.refused, q.channel, q.below_confidence
+        exclude_channels, contains = q.exclude_channels, q.contains
         where, args = [], []
         if refused is not None:
             where.append("refused = ?")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from assistant.sqlite import SQLiteFile
+from assistant.state.sqlite import SQLiteFile
 from assistant.types import Turn
 
 _SCHEMA = """

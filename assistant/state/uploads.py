@@ -14,6 +14,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from assistant.errors import LimitExceeded, UploadRejected
 from ingest.loaders import CATEGORIES, SUPPORTED, LoadError, extract_text
 
 MANIFEST = "manifest.json"
@@ -21,10 +22,6 @@ _MAX_NAME_CHARS = 100
 # Path separators, Windows-reserved characters and control characters never reach the file system.
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]')
 _DATE = re.compile(r"^\d{4}(-\d{1,2}(-\d{1,2})?)?$")
-
-
-class UploadError(ValueError):
-    """An upload that can't be accepted; the message is shown to staff as is."""
 
 
 @dataclass(frozen=True)
@@ -54,24 +51,24 @@ def safe_filename(name: str) -> str:
         stem, suffix = base, ""
     suffix = f".{suffix.lower()}" if suffix else ""
     if suffix not in SUPPORTED:
-        raise UploadError(f"不支持的文件类型 {suffix or '（无扩展名）'}；支持 {' '.join(SUPPORTED)}")
+        raise UploadRejected(f"不支持的文件类型 {suffix or '（无扩展名）'}；支持 {' '.join(SUPPORTED)}")
     stem = re.sub(r"\s+", " ", stem).strip(" ._")[:_MAX_NAME_CHARS]
     if not stem:
-        raise UploadError("文件名无效，请改一个有文字的文件名")
+        raise UploadRejected("文件名无效，请改一个有文字的文件名")
     return stem + suffix
 
 
 def check_meta(meta: DocMeta) -> DocMeta:
     category = meta.category.strip()
     if category not in CATEGORIES:
-        raise UploadError(f"请选择分类：{'、'.join(CATEGORIES)}")
+        raise UploadRejected(f"请选择分类：{'、'.join(CATEGORIES)}")
     date = meta.date.strip()
     if date and not _DATE.match(date):
-        raise UploadError(f"日期格式应为 2024-05-01（或 2024-05、2024），收到：{date}")
+        raise UploadRejected(f"日期格式应为 2024-05-01（或 2024-05、2024），收到：{date}")
     fields = {"title": meta.title.strip(), "issuer": meta.issuer.strip()}
     for label, value in (("标题", fields["title"]), ("发文机关", fields["issuer"])):
         if len(value) > 200:
-            raise UploadError(f"{label}太长（{len(value)} 字），请控制在 200 字以内")
+            raise UploadRejected(f"{label}太长（{len(value)} 字），请控制在 200 字以内")
     return DocMeta(fields["title"], category, fields["issuer"], date)
 
 
@@ -89,10 +86,10 @@ class UploadDir:
 
     def check_size(self, size: int) -> None:
         if size > self.max_bytes:
-            raise UploadError(f"文件太大（{size / 1e6:.1f} MB），上限是 {self.max_bytes / 1e6:.0f} MB")
+            raise LimitExceeded(f"文件太大（{size / 1e6:.1f} MB），上限是 {self.max_bytes / 1e6:.0f} MB")
 
     def stage(self, filename: str, data: bytes, meta: DocMeta, taken: set[str] = frozenset()) -> Staged:
-        """Validate and store one upload. Raises UploadError, before touching the disk, for a file the loaders
+        """Validate and store one upload. Raises UploadRejected, before touching the disk, for a file the loaders
         can't read (the same extract_text the pipeline uses), so a broken file never reaches the index.
         `taken`: sources owned by other folders (the bundled corpus), which an upload may not replace."""
         self.check_size(len(data))
@@ -101,10 +98,10 @@ class UploadDir:
         try:
             extract_text(data, Path(name).suffix, name)
         except LoadError as exc:
-            raise UploadError(f"文件无法导入：{exc}") from exc
+            raise UploadRejected(f"文件无法导入：{exc.user_message}", status=exc.status) from exc
         source = f"{meta.category}/{name}"
         if source in taken:
-            raise UploadError(f"知识库中已有同名文档 {source}（不是上传的文件），请改个文件名再上传")
+            raise UploadRejected(f"知识库中已有同名文档 {source}（不是上传的文件），请改个文件名再上传")
         path = self._path(source)
         manifest = self._manifest()
         staged = Staged(source, path.read_bytes() if path.is_file() else None,
@@ -140,7 +137,7 @@ class UploadDir:
         path = (self.root / source).resolve()
         # Sources come from our own sanitising, but delete takes them from a URL: never step outside the root.
         if not path.is_relative_to(self.root.resolve()) or path == self.root.resolve():
-            raise UploadError(f"无效的文档路径：{source}")
+            raise UploadRejected(f"无效的文档路径：{source}")
         return path
 
     def _manifest(self) -> list[dict]:
@@ -150,7 +147,7 @@ class UploadDir:
         try:
             entries = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UploadError(f"上传目录的 {MANIFEST} 已损坏，请修复或删除后重试：{exc}") from exc
+            raise UploadRejected(f"上传目录的 {MANIFEST} 已损坏，请修复或删除后重试：{exc}") from exc
         return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
     def _save_manifest(self, entries: list[dict]) -> None:

@@ -20,15 +20,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
 
 from assistant.config import WeChatSettings
-from assistant.service import ChatService, QuestionError
+from assistant.errors import XiaoyuError
+from assistant.services import ChatService
+from assistant.types import Channel
 from assistant.wechat import format as fmt
+from assistant.wechat.messages import Incoming
 
 log = logging.getLogger("xiaoyu.wechat")
 
-Kind = Literal["text", "subscribe", "unclear", "other", "ignore"]
 RESET = "重新开始"
 CONTINUE = "继续"
 # Retries of one message arrive within ~15 s; a job is kept well past that to recognise a late duplicate.
@@ -37,16 +38,6 @@ _JOB_TTL = 300.0
 _PENDING_TTL = 24 * 3600.0
 _TRAILING = " \t\r\n。.！!？?~～"
 _STRIPES = 64  # locks that serialise each resident's questions (a bounded set, shared by hash)
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """One message, already authenticated and decoded (see protocol.py)."""
-
-    openid: str
-    key: str  # MsgId, or sender + CreateTime for events: what WeChat's retries of one message share
-    kind: Kind
-    text: str = ""  # the text, or a voice message's Recognition
 
 
 @dataclass(eq=False)
@@ -95,13 +86,13 @@ class WeChatBridge:
 
     async def reply(self, msg: Incoming) -> str | None:
         """The passive reply's text, or None for "nothing to say" (the route answers "success")."""
-        if msg.kind == "ignore":
+        if msg.type == "ignore":
             return None
-        if msg.kind == "subscribe":
+        if msg.type == "subscribe":
             return fmt.WELCOME
-        if msg.kind == "unclear":
+        if msg.type == "unclear":
             return fmt.VOICE_UNCLEAR
-        if msg.kind == "other":
+        if msg.type == "other":
             return fmt.HELP
         with self._lock:
             job = self._jobs.get(msg.key)
@@ -162,8 +153,8 @@ class WeChatBridge:
         """Runs in the pool. Never raises: a retry that finds an exception would have nothing to say."""
         try:
             return work(*args)
-        except QuestionError as exc:
-            return str(exc)
+        except XiaoyuError as exc:
+            return exc.user_message
         except Exception:
             log.exception("微信消息处理失败")
             return fmt.FAILED
@@ -179,7 +170,7 @@ class WeChatBridge:
 
     def _answer(self, question: str, openid: str) -> str:
         with self._resident(openid):
-            answer = self.service.ask(question, session_id=session_id(openid), channel="wechat", user=openid)
+            answer = self.service.ask(question, session_id=session_id(openid), channel=Channel.WECHAT, user=openid)
         return fmt.format_answer(answer)
 
     def _reset(self, openid: str) -> str:

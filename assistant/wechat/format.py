@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from assistant.answering import label
+from assistant.qa.compose import label
 from assistant.types import Answer
 
 MORE_HINT = "回复“继续”查看更多"
@@ -29,18 +29,24 @@ WELCOME = (
 
 # The extractive answerer lists whole provisions under this heading; WeChat shows short labels and the quotes.
 _PROVISIONS_HEADING = "\n\n相关条文："
+# "【2】《物业管理条例》第四十一条：业主应当……": a provision as the extractive answer lists it.
+_LISTED = re.compile(r"^【(\d+)】《[^》]*》[^：\n]*：(.*)$", re.MULTILINE)
 _MARKDOWN = re.compile(r"\*\*|__|`|^#{1,6}\s*", re.MULTILINE)
 # A sentence (with closing quotes/brackets) or a run of newlines: pages break only between these.
 _PIECE = re.compile(r"[^。！？；\n]*[。！？；]+[”’」』）)]*|[^。！？；\n]+|\n+")
 
 
 def format_answer(answer: Answer) -> str:
-    """The answer, then 依据 lines such as 【1】《物业管理条例》第四十一条, then the quoted provisions."""
-    body = _MARKDOWN.sub("", answer.text.split(_PROVISIONS_HEADING, 1)[0]).strip()
+    """The answer, then 依据 lines such as 【1】《物业管理条例》第四十一条, then the quoted provisions: the excerpts the
+    answer itself quotes when it has them (they keep a reply on one page), else the whole provisions."""
+    body, _, listed = answer.text.partition(_PROVISIONS_HEADING)
+    body = _MARKDOWN.sub("", body).strip()
     if not answer.citations:
         return body
     basis = "\n".join(f"【{c.index}】{label(c)}" for c in answer.citations)
-    quotes = "\n\n".join(f"【{c.index}】{c.quote.strip()}" for c in answer.citations if c.quote.strip())
+    excerpts = {int(m.group(1)): m.group(2).strip() for m in _LISTED.finditer(listed)}
+    quotes = "\n\n".join(f"【{c.index}】{(excerpts.get(c.index) or c.quote).strip()}" for c in answer.citations
+                          if (excerpts.get(c.index) or c.quote).strip())
     return f"{body}\n\n依据：\n{basis}" + (f"\n\n条文原文：\n{quotes}" if quotes else "")
 
 

@@ -22,20 +22,19 @@ from wechatpy.replies import TextReply
 from wechatpy.utils import check_signature
 
 from assistant.config import WeChatSettings
-from assistant.wechat.bridge import Incoming
+from assistant.errors import XiaoyuError
+from assistant.wechat.messages import Incoming
 
 # Subscribing gets the welcome; other events (menu clicks, location reports, unsubscribe) get "success".
 _GREETING_EVENTS = {"subscribe", "subscribe_scan"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
-class Rejected(Exception):
-    """A request WeChat did not (or could not) send: the route answers `status` and processes nothing."""
+class Rejected(XiaoyuError):
+    """A request WeChat did not (or could not) send: the API answers `status` and processes nothing."""
 
     def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(message, status=status)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,13 +8,13 @@ from collections.abc import Callable
 import gradio as gr
 from fastapi import FastAPI
 
-from assistant.accounts import StaffAccounts
 from assistant.config import Settings
-from assistant.service import ChatService
-from evals import report
-from evals.runs import RunStore
+from assistant.services import Services
+from assistant.state.accounts import StaffAccounts
 from ingest.loaders import CATEGORIES, SUPPORTED
 from ui.console import handlers as h
+from ui.console import report
+from ui.console.runs import RunStore
 
 PATH = "/console"
 CSS = report.CSS + """
@@ -29,13 +29,13 @@ THEME = gr.themes.Soft(primary_hue="red", font=["Noto Sans CJK SC", "PingFang SC
                        font_mono=["Noto Sans Mono CJK SC", "monospace"])
 
 
-def build_console(get_service: Callable[[], ChatService], settings: Settings) -> gr.Blocks:
-    """`get_service` is called per event: the app builds its service in its lifespan, after this runs."""
+def build_console(get_services: Callable[[], Services], settings: Settings) -> gr.Blocks:
+    """`get_services` is called per event: the app builds its services in its lifespan, after this runs."""
     runs = RunStore(settings.data_dir / "eval-runs")
 
     def docs_update():
-        service = get_service()
-        return h.kb_summary(service), h.document_rows(service)
+        services = get_services()
+        return h.kb_summary(services), h.document_rows(services)
 
     def run_dropdowns(selected: str | None = None):
         choices = h.run_choices(runs)
@@ -128,34 +128,34 @@ def build_console(get_service: Callable[[], ChatService], settings: Settings) ->
 
         # ---- wiring -------------------------------------------------------------------------------------------
         def on_load():
-            service = get_service()
-            sets = h.golden_choices(service)
+            services = get_services()
+            sets = h.golden_choices(services)
             return (*docs_update(), gr.Dropdown(choices=sets, value=sets[0] if sets else None),
-                    *run_dropdowns(), h.log_rows(service, "全部", settings.staff.low_confidence_below),
-                    gr.Dropdown(choices=h.source_choices(service)),
-                    gr.Dropdown(choices=h.staff_set_choices(service), value=h.DEFAULT_STAFF_SET))
+                    *run_dropdowns(), h.log_rows(services, "全部", settings.staff.low_confidence_below),
+                    gr.Dropdown(choices=h.source_choices(services)),
+                    gr.Dropdown(choices=h.staff_set_choices(services), value=h.DEFAULT_STAFF_SET))
 
         console.load(on_load, outputs=[kb_info, docs, golden, shown_run, before, after, log, expected_source,
                                        set_name])
 
         def on_doc_select(evt: gr.SelectData):
             source = evt.row_value[0] if evt.row_value else ""
-            return source, h.chunks_html(get_service(), source)
+            return source, h.chunks_html(get_services(), source)
 
         docs.select(on_doc_select, outputs=[selected, chunks])
-        upload_btn.click(lambda *a: h.upload_document(get_service(), *a), [upload, title, category, issuer, date],
+        upload_btn.click(lambda *a: h.upload_document(get_services(), *a), [upload, title, category, issuer, date],
                          upload_status).then(docs_update, outputs=[kb_info, docs])
-        delete_btn.click(lambda s, c: h.delete_document(get_service(), s, c), [selected, confirm], kb_status).then(
+        delete_btn.click(lambda s, c: h.delete_document(get_services(), s, c), [selected, confirm], kb_status).then(
             lambda: (*docs_update(), "", "", False), outputs=[kb_info, docs, selected, chunks, confirm])
-        reingest_btn.click(lambda s: h.reingest(get_service(), s), selected, kb_status).then(
+        reingest_btn.click(lambda s: h.reingest(get_services(), s), selected, kb_status).then(
             docs_update, outputs=[kb_info, docs])
 
         hit_inputs = [query, mode, top_k]
-        hit_btn.click(lambda *a: h.hit_test(get_service(), *a), hit_inputs, [verdict, hit_table, hit_cards])
-        query.submit(lambda *a: h.hit_test(get_service(), *a), hit_inputs, [verdict, hit_table, hit_cards])
+        hit_btn.click(lambda *a: h.hit_test(get_services(), *a), hit_inputs, [verdict, hit_table, hit_cards])
+        query.submit(lambda *a: h.hit_test(get_services(), *a), hit_inputs, [verdict, hit_table, hit_cards])
 
         def on_run(golden_label, k, progress=gr.Progress()):  # noqa: B008  (Gradio's documented way to get progress)
-            html, run_id = h.run_golden(get_service(), runs, golden_label, k,
+            html, run_id = h.run_golden(get_services(), runs, golden_label, k,
                                         lambda n, total: progress((n, total), desc="评测中", unit="题"))
             return html, *run_dropdowns(run_id)
 
@@ -165,23 +165,23 @@ def build_console(get_service: Callable[[], ChatService], settings: Settings) ->
 
         log_inputs = [view, threshold]
         for trigger in (refresh_log.click, view.change, contains.submit):
-            trigger(lambda v, t, c: h.log_rows(get_service(), v, t, contains=c), [*log_inputs, contains], log)
+            trigger(lambda v, t, c: h.log_rows(get_services(), v, t, contains=c), [*log_inputs, contains], log)
 
         def on_log_select(evt: gr.SelectData):
-            service = get_service()
+            services = get_services()
             question_id = evt.row_value[0] if evt.row_value else None
-            question, source, section = h.pick_logged(service, question_id)
-            return (question_id, question, gr.Dropdown(choices=h.source_choices(service), value=source),
-                    gr.Dropdown(choices=h.section_choices(service, source), value=section), False)
+            question, source, section = h.pick_logged(services, question_id)
+            return (question_id, question, gr.Dropdown(choices=h.source_choices(services), value=source),
+                    gr.Dropdown(choices=h.section_choices(services, source), value=section), False)
 
         log.select(on_log_select, outputs=[log_id, log_question, expected_source, expected_section, out_of_scope])
         # .input, not .change: picking a logged question sets the source and its article together.
         expected_source.input(
-            lambda s: gr.Dropdown(choices=h.section_choices(get_service(), s), value=None), expected_source,
+            lambda s: gr.Dropdown(choices=h.section_choices(get_services(), s), value=None), expected_source,
             expected_section)
-        add_btn.click(lambda *a: h.add_to_golden(get_service(), *a),
+        add_btn.click(lambda *a: h.add_to_golden(get_services(), *a),
                       [log_id, set_name, expected_source, expected_section, key_facts, out_of_scope], add_status).then(
-            lambda: gr.Dropdown(choices=h.golden_choices(get_service())), outputs=golden)
+            lambda: gr.Dropdown(choices=h.golden_choices(get_services())), outputs=golden)
     return console
 
 
@@ -195,7 +195,7 @@ def mount_console(app: FastAPI, settings: Settings) -> None:
         return
     accounts = StaffAccounts.load(settings.staff.console_users.get_secret_value(), settings.data_dir, _announce)
     gr.mount_gradio_app(
-        app, build_console(lambda: app.state.service, settings), PATH,
+        app, build_console(lambda: app.state.services, settings), PATH,
         auth=accounts.check, auth_message="小玉内容工作台：请用工作人员账号登录",
         footer_links=[], ssr_mode=False, theme=THEME, css=CSS, show_error=True,
         max_file_size=int(settings.staff.max_upload_mb * 1_000_000),

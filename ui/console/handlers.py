@@ -1,4 +1,4 @@
-"""The console's event handlers: plain functions of (service, inputs) → values for the components.
+"""The console's event handlers: plain functions of (services, inputs) → values for the components.
 
 No Gradio here, so tests call them directly; ui/console/app.py only wires them to Blocks. Messages are returned
 (not raised) and start with ✅ or ❌, so a failed action shows its reason right where the staff member clicked."""
@@ -11,12 +11,15 @@ from datetime import datetime
 from html import escape
 from pathlib import Path
 
-from assistant.service import ChatService, QuestionError
-from assistant.uploads import DocMeta, UploadError
-from evals import report
+from assistant.errors import NotFound, XiaoyuError
+from assistant.services import Services
+from assistant.state.questionlog import QuestionQuery
+from assistant.state.uploads import DocMeta
+from assistant.types import Channel, TurnKind
 from evals.golden import load_golden
 from evals.runner import run_eval
-from evals.runs import (
+from ui.console import report
+from ui.console.runs import (
     GoldenSetError,
     RunStore,
     add_golden_item,
@@ -43,58 +46,58 @@ def fail(text: str) -> str:
 
 
 # ---- knowledge base ---------------------------------------------------------------------------------------------
-def document_rows(service: ChatService) -> list[list]:
+def document_rows(services: Services) -> list[list]:
     return [[d.source, d.title, d.category, d.issuer, d.date, len(d.chunk_ids), _local_time(d.ingested_at)]
-            for d in service.documents()]
+            for d in services.knowledge.documents()]
 
 
-def kb_summary(service: ChatService) -> str:
-    docs = service.documents()
+def kb_summary(services: Services) -> str:
+    docs = services.knowledge.documents()
     return f"知识库共 {len(docs)} 篇文档、{sum(len(d.chunk_ids) for d in docs)} 个片段。点选一行查看它的片段。"
 
 
-def upload_document(service: ChatService, file_path: str | None, title: str, category: str, issuer: str,
+def upload_document(services: Services, file_path: str | None, title: str, category: str, issuer: str,
                     date: str) -> str:
     if not file_path:
         return fail("请先选择要上传的文件（txt、md、html、docx、pdf）")
     path = Path(file_path)
     try:
-        service.uploads.check_size(path.stat().st_size)
-        source, rep = service.add_document(path.name, path.read_bytes(), DocMeta(title, category or "", issuer, date))
-    except UploadError as exc:
-        return fail(f"{path.name}：{exc}（知识库未改动）")
+        services.knowledge.check_upload_size(path.stat().st_size)
+        source, rep = services.knowledge.add_document(path.name, path.read_bytes(), DocMeta(title, category or "", issuer, date))
+    except XiaoyuError as exc:
+        return fail(f"{path.name}：{exc.user_message}（知识库未改动）")
     if source in rep.unchanged:
         return ok(f"{source} 与已导入的内容相同，无需更新")
     verb = "已更新" if source in rep.updated else "已导入"
-    return ok(f"{verb} {source}：{len(service.chunks_of(source))} 个片段。可到“命中测试”里提问验证。")
+    return ok(f"{verb} {source}：{len(services.knowledge.chunks_of(source))} 个片段。可到“命中测试”里提问验证。")
 
 
-def delete_document(service: ChatService, source: str, confirmed: bool) -> str:
+def delete_document(services: Services, source: str, confirmed: bool) -> str:
     if not source:
         return fail("请先在表格中点选要删除的文档")
     if not confirmed:
         return fail("删除前请勾选“确认删除”")
     try:
-        rep = service.delete_document(source)
-    except KeyError:
-        return fail(f"知识库中没有这个文档：{source}")
+        rep = services.knowledge.delete_document(source)
+    except NotFound as exc:
+        return fail(exc.user_message)
     return ok(f"已删除 {source}（{rep.summary()}）")
 
 
-def reingest(service: ChatService, source: str) -> str:
+def reingest(services: Services, source: str) -> str:
     """Re-read the folder a document came from (all folders when no document is selected)."""
     try:
-        rep = service.reindex(source or None)
-    except KeyError:
-        return fail(f"知识库中没有这个文档：{source}")
+        rep = services.knowledge.reindex(source or None)
+    except NotFound as exc:
+        return fail(exc.user_message)
     failed = "；".join(f"{s}：{why}" for s, why in rep.failed)
     return (fail if rep.failed else ok)(f"重新导入完成：{rep.summary()}" + (f"。失败：{failed}" if failed else ""))
 
 
-def chunks_html(service: ChatService, source: str) -> str:
+def chunks_html(services: Services, source: str) -> str:
     if not source:
         return ""
-    chunks = service.chunks_of(source)
+    chunks = services.knowledge.chunks_of(source)
     if not chunks:
         return f"<p>知识库中没有这个文档：{escape(source)}</p>"
     items = "".join(
@@ -116,17 +119,17 @@ def highlight(text: str, terms: list[str]) -> str:
     return pattern.sub(lambda m: f"<mark>{m.group(0)}</mark>", html)
 
 
-def hit_test(service: ChatService, query: str, mode: str, top_k: float) -> tuple[str, list[list], str]:
-    """(verdict, score table, highlighted hits) for one query, through ChatService.preview: the chat path itself."""
+def hit_test(services: Services, query: str, mode: str, top_k: float) -> tuple[str, list[list], str]:
+    """(verdict, score table, highlighted hits) for one query, through ChatService.explain: the chat path itself."""
     try:
-        retrieval, answer = service.preview(query, int(top_k), mode)  # type: ignore[arg-type]
-    except QuestionError as exc:
-        return fail(str(exc)), [], ""
+        found = services.chat.explain(query, (), int(top_k), mode)  # type: ignore[arg-type]
+    except XiaoyuError as exc:
+        return fail(exc.user_message), [], ""
+    retrieval, answer = found.retrieval, found.answer
     ev = retrieval.evidence
     figures = f"语义相似度 {ev.dense_top:.3f} · 关键词覆盖 {ev.overlap:.0%} · 两路检索{'一致' if ev.agreement else '不一致'}"
     if answer.refused:
-        # The answerer refuses only uncovered questions, so a covered one was refused by the injection guard.
-        why = "疑似提示注入（要求改变规则的指令），按规则拒答" if ev.covered else ev.reason
+        why = "疑似提示注入（要求改变规则的指令），按规则拒答" if found.plan.kind is TurnKind.INJECTION else ev.reason
         verdict = f'<p class="verdict refuse">⛔ 小玉会<b>拒答</b>：{escape(why)}</p>'
     else:
         verdict = f'<p class="verdict answer">✅ 小玉会<b>作答</b>：{escape(ev.reason)}</p>'
@@ -134,7 +137,7 @@ def hit_test(service: ChatService, query: str, mode: str, top_k: float) -> tuple
                 f'<details open><summary>回答预览</summary><pre class="chunk">{escape(answer.text)}</pre></details>')
     rows = [[n, round(h.score, 4), round(h.lexical, 3), round(h.dense, 3), h.lexical_rank or "—", h.dense_rank or "—",
              h.chunk.source, h.chunk.section] for n, h in enumerate(retrieval.hits, 1)]
-    terms = service.query_terms(retrieval.query)
+    terms = found.terms
     cards = []
     for n, h in enumerate(retrieval.hits, 1):
         matched = [t for t in dict.fromkeys(terms) if t.lower() in h.chunk.text.lower()]
@@ -147,26 +150,26 @@ def hit_test(service: ChatService, query: str, mode: str, top_k: float) -> tuple
 
 
 # ---- evals ------------------------------------------------------------------------------------------------------
-def golden_choices(service: ChatService) -> list[str]:
-    return list(golden_sets(service.settings.data_dir))
+def golden_choices(services: Services) -> list[str]:
+    return list(golden_sets(services.settings.data_dir))
 
 
 def run_choices(runs: RunStore) -> list[tuple[str, str]]:
     return [(runs.label(i), i) for i in runs.ids()]
 
 
-def run_golden(service: ChatService, runs: RunStore, golden: str, top_k: float,
+def run_golden(services: Services, runs: RunStore, golden: str, top_k: float,
                progress: Callable[[int, int], None] | None = None) -> tuple[str, str | None]:
     """Run a golden set through the live service, store the run, and return (report html, run id)."""
-    path = golden_sets(service.settings.data_dir).get(golden or "")
+    path = golden_sets(services.settings.data_dir).get(golden or "")
     if path is None:
         return f"<p>{fail('请选择一个评测集')}</p>", None
     try:
         items = load_golden(path)
     except ValueError as exc:
         return f"<p>{fail(f'评测集无法读取：{exc}')}</p>", None
-    result = run_eval(service, items, int(top_k), progress)
-    docs = service.documents()
+    result = run_eval(services.chat, items, int(top_k), progress)
+    docs = services.knowledge.documents()
     run = run_record(result, golden, int(top_k), len(docs), sum(len(d.chunk_ids) for d in docs))
     run_id = runs.save(run)
     return report.run_html(run), run_id
@@ -191,33 +194,34 @@ def compare_runs(runs: RunStore, before: str | None, after: str | None) -> str:
 
 
 # ---- question log -----------------------------------------------------------------------------------------------
-def log_rows(service: ChatService, view: str, threshold: float, limit: float = 200, contains: str = "") -> list[list]:
+def log_rows(services: Services, view: str, threshold: float, limit: float = 200, contains: str = "") -> list[list]:
     """Resident questions, newest first ("eval" runs left out). 低置信度: answered with top similarity < threshold."""
     refused = True if view == "已拒答" else None
     below = float(threshold) if view == "低置信度" else None
-    rows = service.questions.recent(int(limit), refused, None, below, ("eval",), (contains or "").strip())
+    rows = services.staff.questions(QuestionQuery(int(limit), refused, None, below, (Channel.EVAL,),
+                                                  (contains or "").strip()))
     return [[q.id, datetime.fromtimestamp(q.ts).strftime("%m-%d %H:%M"), q.channel, q.question, "是" if q.refused else "否",
              "—" if q.dense_top is None else round(q.dense_top, 3), q.evidence,
              "；".join(f"{c['source']} {c['section'].rsplit(' > ', 1)[-1]}" for c in q.citations)] for q in rows]
 
 
-def source_choices(service: ChatService) -> list[tuple[str, str]]:
-    return [(f"{d.title}（{d.source}）", d.source) for d in service.documents()]
+def source_choices(services: Services) -> list[tuple[str, str]]:
+    return [(f"{d.title}（{d.source}）", d.source) for d in services.knowledge.documents()]
 
 
-def section_choices(service: ChatService, source: str | None) -> list[str]:
+def section_choices(services: Services, source: str | None) -> list[str]:
     """The articles of a document as golden sets name them: "第四十五条" (section_matches compares the leaf)."""
-    return list(dict.fromkeys(c.article for c in service.chunks_of(source or "") if c.section))
+    return list(dict.fromkeys(c.article for c in services.knowledge.chunks_of(source or "") if c.section))
 
 
-def staff_set_choices(service: ChatService) -> list[str]:
-    sets = [p.stem for label, p in golden_sets(service.settings.data_dir).items() if not label.startswith("evals/")]
+def staff_set_choices(services: Services) -> list[str]:
+    sets = [p.stem for label, p in golden_sets(services.settings.data_dir).items() if not label.startswith("evals/")]
     return sets if DEFAULT_STAFF_SET in sets else [DEFAULT_STAFF_SET, *sets]
 
 
-def pick_logged(service: ChatService, log_id: float | None) -> tuple[str, str | None, str | None]:
+def pick_logged(services: Services, log_id: float | None) -> tuple[str, str | None, str | None]:
     """A logged question with the source and article it cited first: a starting point for the expected answer."""
-    q = service.questions.get(int(log_id)) if log_id else None
+    q = _logged(services, log_id)
     if q is None:
         return "", None, None
     if not q.citations:
@@ -225,16 +229,16 @@ def pick_logged(service: ChatService, log_id: float | None) -> tuple[str, str | 
     return q.question, q.citations[0]["source"], q.citations[0]["section"].rsplit(" > ", 1)[-1] or None
 
 
-def add_to_golden(service: ChatService, log_id: float | None, set_name: str, source: str | None, section: str | None,
+def add_to_golden(services: Services, log_id: float | None, set_name: str, source: str | None, section: str | None,
                   key_facts: str, out_of_scope: bool) -> str:
-    q = service.questions.get(int(log_id)) if log_id else None
+    q = _logged(services, log_id)
     if q is None:
         return fail("请先在上面的表格里点选一个问题")
-    doc = next((d for d in service.documents() if d.source == source), None)
+    doc = next((d for d in services.knowledge.documents() if d.source == source), None)
     if not out_of_scope and doc is None:
         return fail("请选择预期出处（知识库中的文档），或勾选“应当拒答”")
     try:
-        path = staff_set_path(service.settings.data_dir, set_name or DEFAULT_STAFF_SET)
+        path = staff_set_path(services.settings.data_dir, set_name or DEFAULT_STAFF_SET)
         item = add_golden_item(path, q.question, "" if out_of_scope else source or "", section or "",
                                "无关" if out_of_scope else doc.category if doc else "",
                                tuple(f.strip() for f in re.split(r"[,，;；\n]", key_facts or "") if f.strip()),
@@ -243,6 +247,13 @@ def add_to_golden(service: ChatService, log_id: float | None, set_name: str, sou
         return fail(str(exc))
     where = "应当拒答" if out_of_scope else f"{item['expected_sources'][0]} {section or ''}".strip()
     return ok(f"已加入评测集 数据目录/{path.name}（{where}），可在“评测”里运行")
+
+
+def _logged(services: Services, log_id: float | None):
+    try:
+        return services.staff.question(int(log_id)) if log_id else None
+    except NotFound:
+        return None
 
 
 def _local_time(iso: str) -> str:

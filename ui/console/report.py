@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from html import escape
 
 from evals import metrics
-from evals.runs import Comparison, failed_items
+from ui.console.runs import Comparison, failed_items
 
 METRIC_NAMES = {
     "hit@1": "hit@1（文档）",
@@ -42,7 +42,7 @@ CSS = """
 # ---- figures ----------------------------------------------------------------------------------------------------
 def hit_curve(run: dict) -> dict[str, list[float]]:
     """hit@k for k = 1..top_k over in-scope questions, for documents and for sections."""
-    inscope = [i for i in run["items"] if not i["out_of_scope"]]
+    inscope = [i for i in run["items"] if _expects(i) == "answer"]
     ks = range(1, int(run.get("top_k") or 5) + 1)
     return {
         "文档": [metrics.hit_at([i["doc_rank"] for i in inscope], k) for k in ks],
@@ -168,8 +168,15 @@ def charts_html(run: dict) -> str:
             + bar_chart_svg("分类指标", cats, series) + "</div>")
 
 
+def _expects(item: dict) -> str:
+    """answer | refuse | smalltalk; runs stored before small talk was scored only have out_of_scope."""
+    return item.get("expect") or ("refuse" if item["out_of_scope"] else "answer")
+
+
 def explain(item: dict) -> str:
     """Why one golden question failed, in words a content editor can act on."""
+    if _expects(item) == "smalltalk":
+        return "应当按闲聊简短回复，却当作政策问题处理了"
     if item["out_of_scope"]:
         return f"应当拒答，却作答了（检索判断：{item['covered_reason']}）"
     if item["refused"]:
@@ -182,6 +189,8 @@ def explain(item: dict) -> str:
 
 
 def _expected(item: dict) -> str:
+    if _expects(item) == "smalltalk":
+        return "（闲聊）"
     if item["out_of_scope"]:
         return "（应拒答）"
     parts = [escape(s) for s in item["expected_sources"]]

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import evals
 from evals.golden import load_golden, parse_item
 from evals.runner import EvalResult, ItemResult
 
-EVALS_DIR = Path(__file__).resolve().parent
+EVALS_DIR = Path(evals.__file__).resolve().parent  # the shipped sets live beside the eval code
 _SET_NAME = re.compile(r"^[\w\u4e00-\u9fff-]{1,60}$")
 
 
@@ -21,8 +22,11 @@ class GoldenSetError(ValueError):
 
 # ---- golden sets ------------------------------------------------------------------------------------------------
 def golden_sets(data_dir: Path) -> dict[str, Path]:
-    """Label → path: the sets shipped in evals/, then the ones staff grew in data_dir/evals/."""
+    """Label → path: the sets shipped in evals/ and evals/sets/ (single questions; the conversation sets run from
+    the CLI), then the ones staff grew in data_dir/evals/."""
     sets = {f"evals/{p.name}": p for p in sorted(EVALS_DIR.glob("*.jsonl"))}
+    sets.update({f"evals/sets/{p.name}": p for p in sorted((EVALS_DIR / "sets").glob("*.jsonl"))
+                 if "conversations" not in p.stem})
     sets.update({f"数据目录/{p.name}": p for p in sorted((data_dir / "evals").glob("*.jsonl"))})
     return sets
 

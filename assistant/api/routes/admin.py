@@ -9,9 +9,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
-from assistant.accounts import token_matches
-from assistant.api.deps import ServiceDep
-from assistant.uploads import DocMeta, UploadError
+from assistant.api.deps import KnowledgeDep, ServicesDep, StaffDep
+from assistant.state.accounts import token_matches
+from assistant.state.questionlog import QuestionQuery
+from assistant.state.uploads import DocMeta
+from assistant.types import Channel
 from ingest.pipeline import IngestReport
 
 _bearer = HTTPBearer(auto_error=False, description="XIAOYU_ADMIN_TOKEN")
@@ -78,52 +80,42 @@ class QuestionOut(BaseModel):
 
 
 @router.get("/documents", response_model=list[DocumentOut])
-def documents(service: ServiceDep) -> list[DocumentOut]:
+def documents(knowledge: KnowledgeDep) -> list[DocumentOut]:
     return [DocumentOut(source=d.source, title=d.title, category=d.category, issuer=d.issuer, date=d.date,
-                        chunks=len(d.chunk_ids), ingested_at=d.ingested_at) for d in service.documents()]
+                        chunks=len(d.chunk_ids), ingested_at=d.ingested_at) for d in knowledge.documents()]
 
 
 @router.post("/documents", response_model=UploadOut, status_code=201)
-async def upload(request: Request, service: ServiceDep, file: Annotated[UploadFile, File()],
+async def upload(knowledge: KnowledgeDep, file: Annotated[UploadFile, File()],
                  category: Annotated[str, Form()], title: Annotated[str, Form()] = "",
                  issuer: Annotated[str, Form()] = "", date: Annotated[str, Form()] = "") -> UploadOut:
-    limit = service.uploads.max_bytes
-    data = await file.read(limit + 1)  # never more than one byte past the limit in memory
-    try:
-        service.uploads.check_size(len(data))
-    except UploadError as exc:
-        raise HTTPException(413, str(exc)) from exc
-    try:
-        source, report = await run_in_threadpool(service.add_document, file.filename or "", data,
-                                                 DocMeta(title, category, issuer, date))
-    except UploadError as exc:
-        raise HTTPException(422, str(exc)) from exc
+    data = await file.read(knowledge.max_upload_bytes + 1)  # never more than one byte past the limit in memory
+    knowledge.check_upload_size(len(data))
+    source, report = await run_in_threadpool(knowledge.add_document, file.filename or "", data,
+                                             DocMeta(title, category, issuer, date))
     status = "added" if source in report.added else "updated" if source in report.updated else "unchanged"
-    return UploadOut(source=source, status=status, chunks=len(service.chunks_of(source)), report=ReportOut.of(report))
+    return UploadOut(source=source, status=status, chunks=len(knowledge.chunks_of(source)),
+                     report=ReportOut.of(report))
 
 
 @router.delete("/documents/{source:path}", response_model=ReportOut)
-async def delete(source: str, service: ServiceDep) -> ReportOut:
-    try:
-        return ReportOut.of(await run_in_threadpool(service.delete_document, source))
-    except KeyError as exc:
-        raise HTTPException(404, f"知识库中没有这个文档：{source}") from exc
-    except UploadError as exc:
-        raise HTTPException(422, str(exc)) from exc
+async def delete(source: str, knowledge: KnowledgeDep) -> ReportOut:
+    return ReportOut.of(await run_in_threadpool(knowledge.delete_document, source))
 
 
 @router.post("/reindex", response_model=ReportOut)
-async def reindex(service: ServiceDep) -> ReportOut:
-    return ReportOut.of(await run_in_threadpool(service.reindex))
+async def reindex(knowledge: KnowledgeDep) -> ReportOut:
+    return ReportOut.of(await run_in_threadpool(knowledge.reindex))
 
 
 @router.get("/questions", response_model=list[QuestionOut])
-def questions(service: ServiceDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+def questions(services: ServicesDep, staff: StaffDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
               refused: bool | None = None, low_confidence: bool = False, channel: str | None = None,
               include_evals: bool = False) -> list[QuestionOut]:
     """Newest first. low_confidence: answered, but with top dense similarity under XIAOYU_LOW_CONFIDENCE_BELOW."""
-    threshold = service.settings.staff.low_confidence_below if low_confidence else None
-    rows = service.questions.recent(limit, refused, channel, threshold, () if include_evals else ("eval",))
+    threshold = services.settings.staff.low_confidence_below if low_confidence else None
+    rows = staff.questions(QuestionQuery(limit, refused, channel, threshold,
+                                         () if include_evals else (Channel.EVAL,)))
     return [QuestionOut(id=q.id, ts=q.ts, channel=q.channel, user_hash=q.user_hash, question=q.question,
                         answer=q.answer, refused=q.refused, citations=q.citations, latency_ms=q.latency_ms,
                         dense_top=q.dense_top, evidence=q.evidence) for q in rows]

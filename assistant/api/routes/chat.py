@@ -1,22 +1,23 @@
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from assistant.api.deps import ServiceDep
+from assistant.api.deps import ChatDep
 from assistant.api.schemas import ChatRequest, ChatResponse, HitOut, RetrieveRequest, RetrieveResponse
+from assistant.types import Channel
 
 router = APIRouter(prefix="/api", tags=["chat"])
 
 
 @router.post("/retrieve", response_model=RetrieveResponse)
-async def retrieve(req: RetrieveRequest, service: ServiceDep) -> RetrieveResponse:
+async def retrieve(req: RetrieveRequest, chat: ChatDep) -> RetrieveResponse:
     history = [t.to_turn() for t in req.history]
-    result = await run_in_threadpool(service.retrieve, req.query, history, req.top_k)
+    result = await run_in_threadpool(chat.retrieve, req.query, history, req.top_k)
     return RetrieveResponse(query=result.query, covered=result.evidence.covered, reason=result.evidence.reason,
                             hits=[HitOut.of(h) for h in result.hits])
 
 
 @router.post("/chat", response_model=ChatResponse)
-async def chat(req: ChatRequest, service: ServiceDep) -> ChatResponse:
+async def chat(req: ChatRequest, chat: ChatDep) -> ChatResponse:
     history = [t.to_turn() for t in req.history]
-    answer = await run_in_threadpool(service.ask, req.question, history, req.session_id, "api")
+    answer = await run_in_threadpool(chat.ask, req.question, history, req.session_id, Channel.API)
     return ChatResponse.of(answer, req.session_id)

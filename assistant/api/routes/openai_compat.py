@@ -19,10 +19,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
-from assistant.api.deps import ServiceDep
+from assistant.api.deps import ChatDep
 from assistant.api.schemas import CitationOut
-from assistant.service import ChatService, QuestionError
-from assistant.types import Answer, Turn
+from assistant.errors import BadQuestion
+from assistant.services import ChatService
+from assistant.types import Answer, Channel, EventType, Turn
 
 log = logging.getLogger("xiaoyu")
 router = APIRouter(prefix="/v1", tags=["openai-compatible"])
@@ -95,7 +96,7 @@ def _completion(completion_id: str, question: str, answer: Answer) -> dict:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text, "refusal": None},
                      "logprobs": None, "finish_reason": "stop"}],
         "usage": _usage(question, answer),
-        "citations": _citations(answer), "refused": answer.refused,
+        "citations": _citations(answer), "refused": answer.refused, "kind": answer.kind.value,
     }
 
 
@@ -112,10 +113,10 @@ def _stream_chunks(service: ChatService, req: ChatCompletionRequest, question: s
     yield {"data": _chunk(completion_id, created, {"role": "assistant", "content": ""})}
     answer = None
     try:
-        for event in service.stream(question, history, req.session_id, "openai", req.user):
-            if event.kind == "delta" and event.text:
+        for event in service.stream(question, history, req.session_id, Channel.OPENAI, req.user):
+            if event.type is EventType.DELTA and event.text:
                 yield {"data": _chunk(completion_id, created, {"content": event.text})}
-            elif event.kind == "done":
+            elif event.type is EventType.DONE:
                 answer = event.answer
     except Exception:
         log.exception("streamed completion failed")
@@ -124,7 +125,8 @@ def _stream_chunks(service: ChatService, req: ChatCompletionRequest, question: s
                                              "code": "internal_error", "param": None}}, ensure_ascii=False)}
         return
     assert answer is not None
-    yield {"data": _chunk(completion_id, created, {}, "stop", citations=_citations(answer), refused=answer.refused)}
+    yield {"data": _chunk(completion_id, created, {}, "stop", citations=_citations(answer), refused=answer.refused,
+                                kind=answer.kind.value)}
     if req.stream_options and req.stream_options.include_usage:
         yield {"data": json.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created,
                                    "model": MODEL, "choices": [], "usage": _usage(question, answer)})}
@@ -132,7 +134,7 @@ def _stream_chunks(service: ChatService, req: ChatCompletionRequest, question: s
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(req: ChatCompletionRequest, service: ServiceDep) -> JSONResponse | EventSourceResponse:
+async def chat_completions(req: ChatCompletionRequest, chat: ChatDep) -> JSONResponse | EventSourceResponse:
     if req.model != MODEL:
         return _error(404, f"模型 {req.model!r} 不存在，请使用 {MODEL!r}。", "invalid_request_error",
                       "model_not_found", "model")
@@ -141,13 +143,13 @@ async def chat_completions(req: ChatCompletionRequest, service: ServiceDep) -> J
         return _error(400, split, "invalid_request_error", "invalid_messages", "messages")
     question, history = split
     try:
-        question = service.check_question(question)  # before streaming starts, so a bad question is a 400
-    except QuestionError as exc:
-        return _error(400, str(exc), "invalid_request_error", "invalid_question", "messages")
+        question = chat.check_question(question)  # before streaming starts, so a bad question is a 400
+    except BadQuestion as exc:
+        return _error(400, exc.user_message, "invalid_request_error", "invalid_question", "messages")
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     if req.stream:
-        return EventSourceResponse(_stream_chunks(service, req, question, history, completion_id), ping=15)
-    answer = await run_in_threadpool(service.ask, question, history, req.session_id, "openai", req.user)
+        return EventSourceResponse(_stream_chunks(chat, req, question, history, completion_id), ping=15)
+    answer = await run_in_threadpool(chat.ask, question, history, req.session_id, Channel.OPENAI, req.user)
     return JSONResponse(_completion(completion_id, question, answer))
 
 

@@ -15,12 +15,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse
 from sse_starlette import EventSourceResponse
 
-from assistant.api.deps import ServiceDep
+from assistant.api.deps import ChatDep
+from assistant.api.middleware import EmbedGuard, OriginPolicy
 from assistant.api.schemas import ChatRequest, ChatResponse, CitationOut
 from assistant.config import PROJECT_ROOT, Settings
-from assistant.ratelimit import RateLimiter
-from assistant.service import ChatService, QuestionError
-from assistant.webguard import EmbedGuard, OriginPolicy
+from assistant.errors import XiaoyuError
+from assistant.services import ChatService
+from assistant.state.ratelimit import RateLimiter
+from assistant.types import Channel, EventType
 
 log = logging.getLogger("xiaoyu")
 router = APIRouter(tags=["web widget"])
@@ -83,8 +85,8 @@ def demo_page(request: Request) -> HTMLResponse:
 
 # ---- cited sources ------------------------------------------------------------------------------------------
 @router.get("/sources/{chunk_id}", include_in_schema=False, response_class=HTMLResponse)
-def source_page(service: ServiceDep, chunk_id: str = Path(max_length=128)) -> HTMLResponse:
-    found = service.source_passage(chunk_id)
+def source_page(chat: ChatDep, chunk_id: str = Path(max_length=128)) -> HTMLResponse:
+    found = chat.source_passage(chunk_id)
     headers = {"content-security-policy": _SOURCE_CSP, "x-content-type-options": "nosniff",
                "referrer-policy": "no-referrer"}
     if found is None:
@@ -106,15 +108,15 @@ def _sse(kind: str, data: dict) -> dict:
 def _events(service: ChatService, req: ChatRequest, history) -> Iterator[dict]:
     """citations → delta … → done. Runs in a worker thread; a client that goes away simply stops the iteration."""
     try:
-        for event in service.stream(req.question, history, req.session_id, "web"):
-            if event.kind == "citations":
+        for event in service.stream(req.question, history, req.session_id, Channel.WEB):
+            if event.type is EventType.CITATIONS:
                 yield _sse("citations", {"citations": [CitationOut.of(c).model_dump() for c in event.citations]})
-            elif event.kind == "delta":
+            elif event.type is EventType.DELTA:
                 yield _sse("delta", {"text": event.text})
             elif event.answer is not None:
                 yield _sse("done", ChatResponse.of(event.answer, req.session_id).model_dump())
-    except QuestionError as exc:
-        yield _sse("error", {"detail": str(exc)})
+    except XiaoyuError as exc:
+        yield _sse("error", {"detail": exc.user_message})
     except Exception:
         log.exception("streamed answer failed")
         yield _sse("error", {"detail": "小玉出了点问题，请稍后再试。"})
@@ -123,14 +125,14 @@ def _events(service: ChatService, req: ChatRequest, history) -> Iterator[dict]:
 @router.post("/api/chat/stream", tags=["chat"], response_model=None,
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "SSE: event citations, then delta (text) events, then done"}})
-async def chat_stream(req: ChatRequest, service: ServiceDep) -> EventSourceResponse:
-    service.check_question(req.question)  # a bad question is a 422 with its reason, before the stream starts
+async def chat_stream(req: ChatRequest, chat: ChatDep) -> EventSourceResponse:
+    chat.check_question(req.question)  # a bad question is a 422 with its reason, before the stream starts
     history = [t.to_turn() for t in req.history]
-    return EventSourceResponse(_events(service, req, history), ping=15)
+    return EventSourceResponse(_events(chat, req, history), ping=15)
 
 
 @router.delete("/api/chat/sessions/{session_id}", tags=["chat"], status_code=204)
-def reset_session(service: ServiceDep, session_id: str = Path(max_length=128)) -> Response:
+def reset_session(chat: ChatDep, session_id: str = Path(max_length=128)) -> Response:
     """The widget's 新对话: forget the stored conversation."""
-    service.reset_session(session_id)
+    chat.reset_session(session_id)
     return Response(status_code=204)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, Response
 
-from assistant.wechat import Rejected, WeChat, build_wechat
+from assistant.wechat.build import WeChat, build_wechat
 
 # A WeChat message is a few hundred bytes; anything this large is not one.
 _MAX_BODY = 64 * 1024
@@ -17,7 +17,7 @@ _MAX_BODY = 64 * 1024
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
     # Runs after the app's own lifespan has built the service (FastAPI nests included routers' lifespans).
-    app.state.wechat = build_wechat(app.state.settings, app.state.service)
+    app.state.wechat = build_wechat(app.state.settings, app.state.services.chat)
     try:
         yield
     finally:
@@ -52,11 +52,7 @@ async def verify(
     request: Request, signature: str = "", timestamp: str = "", nonce: str = "", echostr: str = ""
 ) -> PlainTextResponse:
     """Server URL check from the 公众号 admin: echo echostr when the signature is WeChat's."""
-    wechat = _wechat(request)
-    try:
-        wechat.protocol.verify(signature, timestamp, nonce)
-    except Rejected as exc:
-        raise HTTPException(exc.status, exc.message) from None
+    _wechat(request).protocol.verify(signature, timestamp, nonce)  # raises Rejected: the app's handler answers
     return PlainTextResponse(echostr)
 
 
@@ -70,13 +66,9 @@ async def receive(
     msg_signature: str = "",
 ) -> Response:
     wechat = _wechat(request)
-    try:
-        wechat.protocol.verify(
-            signature, timestamp, nonce
-        )  # before reading the body: forged requests cost nothing
-        inbound = wechat.protocol.read(await _body(request), encrypt_type, msg_signature, timestamp, nonce)
-    except Rejected as exc:
-        raise HTTPException(exc.status, exc.message) from None
+    # Verified before the body is read: forged requests cost nothing. Rejected maps to its status in the app.
+    wechat.protocol.verify(signature, timestamp, nonce)
+    inbound = wechat.protocol.read(await _body(request), encrypt_type, msg_signature, timestamp, nonce)
     text = await wechat.bridge.reply(inbound.incoming)
     if not text:
         return PlainTextResponse("success")

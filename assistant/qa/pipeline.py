@@ -1,0 +1,87 @@
+"""The one question pipeline. Chat (ask and stream), retrieval previews, the console's hit test and the evals all
+go through it, so a hit test shows exactly what a resident would get:
+
+    understand (understand.py) → retrieve (retrieve.py) → judge the evidence (evidence.py) → compose (compose.py | llm.py)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from assistant.config import RetrievalSettings
+from assistant.qa.compose import Answerer, answer_events, smalltalk_answer
+from assistant.qa.evidence import AnswerabilityModel, judge
+from assistant.qa.retrieve import HybridRetriever, Mode
+from assistant.qa.understand import Understander
+from assistant.types import Answer, EventType, Retrieval, StreamEvent, Turn, TurnKind, TurnPlan
+
+if TYPE_CHECKING:
+    from assistant.qa.llm import LLMCondenser
+
+
+_NO_EVIDENCE = (TurnKind.SMALLTALK, TurnKind.INJECTION)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Everything the pipeline decided for one turn: the plan, what was retrieved and judged, and the answer."""
+
+    plan: TurnPlan
+    retrieval: Retrieval
+    answer: Answer
+    terms: tuple[str, ...]  # the query's content words retrieval matched on: "业委会怎么成立？" → ("业委会", "成立")
+
+
+class QuestionPipeline:
+    def __init__(self, understander: Understander, retriever: HybridRetriever, answerer: Answerer,
+                 settings: RetrievalSettings, llm_condenser: LLMCondenser | None = None,
+                 answerability: AnswerabilityModel | None = None):
+        self.understander = understander
+        self.retriever = retriever
+        self.answerer = answerer
+        self.settings = settings
+        self.llm_condenser = llm_condenser  # None: follow-ups are condensed by the rules alone
+        self.answerability = answerability  # None: the dense/overlap thresholds of settings decide
+
+    def plan(self, question: str, history: Sequence[Turn] = (), deadline: float | None = None) -> TurnPlan:
+        """Raises BadQuestion for an empty or over-long question."""
+        plan = self.understander.plan(question, history)
+        if self.llm_condenser is not None and plan.history and plan.kind is TurnKind.FOLLOW_UP:
+            # The LLM rewrites a follow-up into a standalone query; it falls back to the rules on its own.
+            query = self.llm_condenser.condense(plan.question, plan.history, deadline)
+            if query != plan.query:
+                plan = dataclasses.replace(plan, kind=TurnKind.FOLLOW_UP, query=query, condensed_by="llm")
+        return plan
+
+    def retrieve(self, plan: TurnPlan, top_k: int | None = None, mode: Mode = "hybrid") -> Retrieval:
+        found = self.retriever.search(plan.query, top_k, mode, plan.intent)
+        return Retrieval(plan.query, found.hits, judge(found, self.settings, self.answerability, plan),
+                         found.sentences)
+
+    def compose(self, plan: TurnPlan, retrieval: Retrieval | None, deadline: float | None = None
+                ) -> Iterator[StreamEvent]:
+        """Citations, then text deltas, then done with the whole Answer."""
+        if plan.kind is TurnKind.SMALLTALK:
+            return answer_events(smalltalk_answer(plan.intent, plan.question))
+        if plan.kind is TurnKind.INJECTION or retrieval is None:
+            return answer_events(self.answerer.refuse(plan.question, injection=True))
+        return self.answerer.stream(retrieval, deadline, plan)
+
+    def stream(self, question: str, history: Sequence[Turn] = (), deadline: float | None = None
+               ) -> tuple[TurnPlan, Retrieval | None, Iterator[StreamEvent]]:
+        """The chat path: nothing is retrieved for a turn that needs no evidence (small talk, an injection)."""
+        plan = self.plan(question, history, deadline)
+        retrieval = None if plan.kind in _NO_EVIDENCE else self.retrieve(plan)
+        return plan, retrieval, self.compose(plan, retrieval, deadline)
+
+    def explain(self, question: str, history: Sequence[Turn] = (), top_k: int | None = None,
+                mode: Mode = "hybrid") -> Explanation:
+        """The hit test: the same plan and answer as chat, plus what retrieval found even where chat needs none."""
+        plan = self.plan(question, history)
+        retrieval = self.retrieve(plan, top_k, mode)
+        events = self.compose(plan, None if plan.kind in _NO_EVIDENCE else retrieval)
+        answer = next(e.answer for e in events if e.type is EventType.DONE)
+        return Explanation(plan, retrieval, answer, tuple(self.retriever.tokenizer.tokens(plan.query)))

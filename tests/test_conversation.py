@@ -1,0 +1,61 @@
+"""A whole conversation through the real pipeline (demo index, e5, BM25): small talk, off-topic turns, follow-ups,
+and the shape of an answer a resident reads."""
+
+import re
+
+from assistant.types import AnswerKind, Channel, Turn
+
+
+def _turns(services, *questions: str):
+    """Ask in order with the real answers as history, as the widget does; returns the answers."""
+    history, answers = [], []
+    for q in questions:
+        answer = services.chat.ask(q, history, channel=Channel.EVAL)
+        answers.append(answer)
+        history += [Turn("user", q), Turn("assistant", answer.text)]
+    return answers
+
+
+def test_a_greeting_gets_a_short_friendly_reply_without_citations(module_services):
+    answer = module_services.chat.ask("你好")
+    assert answer.kind is AnswerKind.SMALLTALK and not answer.refused
+    assert answer.citations == () and len(answer.text) <= 120
+
+
+def test_what_can_you_do_names_the_three_domains(module_services):
+    text = module_services.chat.ask("你能做什么").text
+    assert all(domain in text for domain in ("党建", "物业", "调解"))
+
+
+def test_thanks_after_an_answer_is_small_talk_not_law(module_services):
+    first, thanks = _turns(module_services, "物业费可以涨价吗？", "谢谢")
+    assert first.kind is AnswerKind.ANSWERED
+    assert thanks.kind is AnswerKind.SMALLTALK and "条" not in thanks.text
+
+
+def test_an_off_topic_turn_right_after_an_on_topic_one_is_refused(module_services):
+    _, weather = _turns(module_services, "业主不交物业费，物业能起诉吗？", "明天会下雨吗")
+    assert weather.kind is AnswerKind.REFUSED
+
+
+def test_a_follow_up_is_answered_from_the_earlier_topic_and_does_not_repeat_its_opening(module_services):
+    first, follow = _turns(module_services, "调解协议怎么申请司法确认？", "要多久？")
+    assert follow.kind is AnswerKind.ANSWERED
+    assert "司法确认" in follow.query
+    opening = lambda a: re.split(r"【\d+】", a.text, maxsplit=1)[0]  # noqa: E731
+    assert opening(first) != opening(follow)
+
+
+def test_an_answer_opens_with_a_cited_sentence_then_a_next_step_then_at_most_two_provisions(module_services):
+    answer = module_services.chat.ask("调解协议有法律效力吗")
+    lines = answer.text.split("\n")
+    assert re.search(r"【1】", lines[0]) and not lines[0].startswith("根据")
+    assert lines[1].startswith(("下一步：", "如需进一步帮助"))
+    assert "相关条文：" in answer.text and 1 <= len(answer.citations) <= 2
+    assert len(answer.text.split("相关条文：")[0]) <= 300
+
+
+def test_a_list_lead_in_is_never_the_whole_opening(module_services):
+    for question in ("哪些情况人民法院不予确认调解协议", "业主大会决定哪些事项", "党员有哪些权利"):
+        opening = module_services.chat.ask(question).text.split("【", 1)[0]
+        assert not opening.rstrip("。").endswith(("：", ":")), opening
