@@ -75,9 +75,8 @@ class ChromaStore:
             self._collection.delete(ids=ids[i : i + _BATCH])
 
     def query(self, vector: np.ndarray, n: int) -> list[tuple[str, float]]:
-        """(chunk id, cosine similarity), best first."""
-        total = self.count()
-        if total == 0:
-            return []
-        res = self._collection.query(query_embeddings=[vector], n_results=min(n, total), include=["distances"])
-        return [(cid, 1.0 - float(dist)) for cid, dist in zip(res["ids"][0], res["distances"][0])]
+        """(chunk id, cosine similarity), best first. Chroma returns fewer when it holds fewer (none when empty), so
+        no count() is needed on the query path."""
+        res = self._collection.query(query_embeddings=[vector], n_results=max(1, n), include=["distances"])
+        ids, distances = (res["ids"] or [[]])[0], (res["distances"] or [[]])[0]
+        return [(cid, 1.0 - float(dist)) for cid, dist in zip(ids, distances)]
