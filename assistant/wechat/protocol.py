@@ -9,9 +9,11 @@ compatible and safe mode accept. wechatpy does the SHA-1 and AES; this module de
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,6 +53,9 @@ class WeChatProtocol:
         self.crypto = (
             WeChatCrypto(settings.token, settings.aes_key, settings.appid) if settings.aes_key else None
         )
+        # Plaintext mode signs the URL, not the body: (timestamp, nonce) → the body's hash, within the replay window.
+        # WeChat's retries re-send the same body with the same URL and pass; another body under a used URL does not.
+        self._bodies: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     def verify(self, signature: str, timestamp: str, nonce: str) -> None:
         """sha1 of the sorted token, timestamp and nonce (on every request); the timestamp must be recent."""
@@ -75,6 +80,8 @@ class WeChatProtocol:
     ) -> Inbound:
         """The POST body as an Incoming message; call verify() first."""
         encrypted = encrypt_type.lower() == "aes"
+        if not encrypted:
+            self._check_replay(timestamp, nonce, body)
         try:
             xml = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -95,6 +102,19 @@ class WeChatProtocol:
             raise
         except Exception:  # expat errors, a missing <xml> root or MsgType: wechatpy raises whatever it hits
             raise Rejected(400, "消息格式错误：不是有效的微信消息 XML。") from None
+
+    def _check_replay(self, timestamp: str, nonce: str, body: bytes) -> None:
+        now = self.clock()
+        # Forget URLs whose timestamp has left the window: verify() refuses those already.
+        while self._bodies:
+            (oldest, _), _ = next(iter(self._bodies.items()))
+            if oldest.isdigit() and now - int(oldest) <= self.settings.replay_window and len(self._bodies) < 100_000:
+                break
+            self._bodies.popitem(last=False)
+        digest = hashlib.sha256(body).hexdigest()
+        seen = self._bodies.setdefault((timestamp, nonce), digest)
+        if seen != digest:
+            raise Rejected(403, "重放请求：这个签名已用于另一条消息，已拒绝。")
 
     def render(self, text: str | None, inbound: Inbound) -> str:
         """A passive text reply, encrypted when the request was; "success" when there is nothing to say."""
