@@ -1,5 +1,5 @@
 """Compose the answer. ExtractiveAnswerer is the default, LLM-free composer: every sentence it shows is copied from a
-cited provision, and its opening (ExtractiveAnswerer.lead) is the sentence that answers. qa/llm.py is the other composer."""
+cited provision, and its opening (ExtractiveAnswerer.ranked) is the sentence that answers. qa/llm.py is the other composer."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from assistant.types import (
 )
 
 # At most two provisions: the one the opening comes from and the closest other one (issue 11: a short answer with
-# its evidence, not five provisions). A runner-up is quoted when its fused score is at least this share of the top.
+# its evidence, not five provisions). A runner-up may open the answer when its fused score is at least this share
+# of the top one.
 MAX_CITATIONS = 2
 LEAD_POOL = 3  # provisions whose sentences may open the answer; only MAX_CITATIONS of them are quoted
 RUNNER_UP_RATIO = 0.6
@@ -99,7 +100,7 @@ _LIST_ITEM = re.compile(r"^[（(][一二三四五六七八九十]+[)）]")
 # A next step the sources themselves name: "可以向人民法院提起诉讼", "向人民调解委员会申请调解".
 _NEXT_STEP = re.compile(r"(?:可以|有权)(?:依法)?(?:向|请求)[^，。；：]{2,24}?"
                         r"(?:申请[^，。；：]{0,10}|提起诉讼|起诉|投诉|举报|申诉|提出[^，。；：]{0,10})")
-# How the opening is chosen (ExtractiveAnswerer.lead), tuned on the dev sets: lexical overlap relative to the best
+# How the opening is chosen (ExtractiveAnswerer.ranked), tuned on the dev sets: lexical overlap relative to the best
 # candidate, plus SENTENCE_WEIGHT per unit of cosine to the query behind the closest sentence; for a question asking
 # for a time limit or a number, a sentence without one loses INTENT_BONUS (large: it then opens only if none has one).
 SENTENCE_WEIGHT = 20.0
@@ -149,12 +150,6 @@ class ExtractiveAnswerer:
             )
             for i, h in enumerate(hits, 1)
         )
-
-    def lead(self, query: str, hits: Sequence[ScoredChunk], intent: str = "", avoid: Sequence[str] = (),
-             sims: Mapping[str, tuple[tuple[str, float], ...]] | None = None) -> tuple[int, str]:
-        """(index into hits, opening sentence): the best of ranked()."""
-        ranked = self.ranked(query, hits, intent, avoid, sims)
-        return (ranked[0][1], ranked[0][2]) if ranked else (0, provision_text(hits[0])[:MAX_OPENING])
 
     def ranked(self, query: str, hits: Sequence[ScoredChunk], intent: str = "", avoid: Sequence[str] = (),
                sims: Mapping[str, tuple[tuple[str, float], ...]] | None = None) -> list[tuple[float, int, str]]:
