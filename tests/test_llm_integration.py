@@ -121,7 +121,7 @@ def test_nothing_unverified_from_a_small_model_reaches_the_user(services):
     threshold = llm_service.settings.llm.support_threshold
     modes, dropped = [], 0
     for question in QUESTIONS:
-        extractive = extractive_service.ask(question)
+        extractive = extractive_service.chat.ask(question)
         for via in ("ask", "stream"):
             if via == "ask":
                 answer = llm_service.chat.ask(question)
