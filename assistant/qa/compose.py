@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from assistant.index.lexical import JiebaTokenizer
-from assistant.index.sentences import ARTICLE_PREFIX, SENTENCE
+from assistant.index.sentences import MIN_CHARS, provision_text, split_sentences
 from assistant.qa.understand import INTENT_SIGNS
 from assistant.types import (
     Answer,
@@ -143,7 +143,7 @@ class ExtractiveAnswerer:
                 source=h.chunk.source,
                 title=h.chunk.title,
                 section=h.chunk.section,
-                quote=provision_text(h),
+                quote=provision_text(h.chunk.body),
                 chunk_id=h.chunk.id,
                 issuer=h.chunk.issuer,
                 date=h.chunk.date,
@@ -167,9 +167,9 @@ class ExtractiveAnswerer:
         candidates = []  # (lexical score, sim, index, text, penalty)
         for n, hit in enumerate(hits):
             by_text = dict(sims.get(hit.chunk.id, ()))
-            sentences = [m.group(0).strip() for m in SENTENCE.finditer(provision_text(hit))]
+            sentences = split_sentences(provision_text(hit.chunk.body))  # short items kept, for list expansion
             for i, sentence in enumerate(sentences):
-                if len(sentence) < 6:
+                if len(sentence) < MIN_CHARS:
                     continue
                 text, listed = _expand_list(sentences, i)
                 if _normal(text) in seen:
@@ -200,21 +200,22 @@ class ExtractiveAnswerer:
     def answer(self, retrieval: Retrieval, deadline: float | None = None, plan: TurnPlan | None = None) -> Answer:
         if not retrieval.evidence.covered:
             return self.refuse(retrieval.query)
-        close = self.select(retrieval, plan.intent if plan else "")
+        intent = plan.intent if plan else ""
+        close = self.select(retrieval, intent)
         avoid = [_opening(t.content) for t in (plan.history if plan else ()) if t.role == "assistant"]
-        ranked = self.ranked(retrieval.query, close, plan.intent if plan else "", avoid, retrieval.sentences)
+        ranked = self.ranked(retrieval.query, close, intent, avoid, retrieval.sentences)
         if not ranked:  # every sentence was an earlier opening: say the top provision's first words again
-            ranked = [(0.0, 0, provision_text(close[0])[:MAX_OPENING])]
+            ranked = [(0.0, 0, provision_text(close[0].chunk.body)[:MAX_OPENING])]
         top_score, at, opening = ranked[0]
         # A second sentence when another one is nearly as good: the answer often needs both (期限 and 起算).
         second = next(((n, t) for score, n, t in ranked[1:] if score >= top_score - SECOND_MARGIN
-                       and t not in opening and opening not in t), None) if SECOND_MARGIN else None
+                       and t not in opening and opening not in t), None)
         # The provision the opening comes from is 【1】; the second sentence's (or the next closest) supports it.
         order = [at] + ([second[0]] if second and second[0] != at else [])
         order += [n for n in range(len(close)) if n not in order]
         chosen = [close[n] for n in order][:MAX_CITATIONS]
         lead_of = {n: t for _, n, t in reversed(ranked)}  # each provision's best sentence
-        excerpts = [excerpt(provision_text(h), opening if n == at else lead_of.get(n, ""))
+        excerpts = [excerpt(provision_text(h.chunk.body), opening if n == at else lead_of.get(n, ""))
                     for n, h in zip(order, chosen)]
         citations = self.citations(chosen)
         text = f"{_as_sentence(opening)}【1】"
@@ -228,16 +229,11 @@ class ExtractiveAnswerer:
     def next_step(self, opening: str, hits: Sequence[ScoredChunk]) -> str:
         """Where to go next, in the sources' own words when they name it ("可以向人民法院提起诉讼"), else the contact."""
         for hit in hits:
-            for m in _NEXT_STEP.finditer(provision_text(hit)):
+            for m in _NEXT_STEP.finditer(provision_text(hit.chunk.body)):
                 step = m.group(0).strip()
                 if step not in opening:
                     return f"下一步：{step}。"
         return f"如需进一步帮助，可以咨询{self.contact}。"
-
-
-def provision_text(hit: ScoredChunk) -> str:
-    """The provision's wording without its context line and article number."""
-    return ARTICLE_PREFIX.sub("", hit.chunk.body.strip())
 
 
 def _expand_list(sentences: list[str], i: int) -> tuple[str, bool]:

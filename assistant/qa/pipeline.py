@@ -49,11 +49,11 @@ class QuestionPipeline:
     def plan(self, question: str, history: Sequence[Turn] = (), deadline: float | None = None) -> TurnPlan:
         """Raises BadQuestion for an empty or over-long question."""
         plan = self.understander.plan(question, history)
-        if self.llm_condenser is not None and plan.history and plan.kind is TurnKind.FOLLOW_UP:
+        if self.llm_condenser is not None and plan.kind is TurnKind.FOLLOW_UP:
             # The LLM rewrites a follow-up into a standalone query; it falls back to the rules on its own.
             query = self.llm_condenser.condense(plan.question, plan.history, deadline)
             if query != plan.query:
-                plan = dataclasses.replace(plan, kind=TurnKind.FOLLOW_UP, query=query, condensed_by="llm")
+                plan = dataclasses.replace(plan, query=query, condensed_by="llm")
         return plan
 
     def retrieve(self, plan: TurnPlan, top_k: int | None = None, mode: Mode = "hybrid") -> Retrieval:
