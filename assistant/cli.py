@@ -68,7 +68,8 @@ def cmd_serve(args) -> int:
         _print_report(services.knowledge.ensure_ingested(_progress()))
     app = create_app(settings, services)
     print(f"小玉已启动：http://{args.host}:{args.port}/  （API 文档 /docs）", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # proxy_headers off: forwarded headers are believed only from XIAOYU_TRUSTED_PROXIES (see create_app).
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)
     return 0
 
 

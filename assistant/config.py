@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -116,6 +117,11 @@ class StaffSettings(BaseSettings):
     # The question log flags answers whose top dense similarity is under this as low-confidence: keep it a little
     # above retrieval.min_dense, where answers are only just over the refusal line.
     low_confidence_below: float = 0.89
+    # Console logins: this many failures within login_lockout_minutes lock the account (per client IP, the larger
+    # number) until the oldest failure is that old; a locked login is a 429 before any password is checked.
+    login_max_failures: int = Field(5, ge=1)
+    login_max_failures_per_ip: int = Field(20, ge=1)
+    login_lockout_minutes: int = Field(15, ge=1)
 
 
 class WebSettings(BaseSettings):
@@ -148,6 +154,19 @@ class Settings(BaseSettings):
     max_history_turns: int = 6  # user+assistant pairs kept per session and used for condensation
     session_ttl_hours: float = 24 * 7
     contact: str = "所在社区居委会、网格员，或拨打 12345 政务服务便民热线"
+    # Reverse proxies (IPs or CIDR networks, comma-separated) whose X-Forwarded-For is believed. Empty (the default):
+    # the header is ignored and the peer address is the client, so nobody can pick their own rate-limit key.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value):
+        if isinstance(value, str):
+            value = value.split(",")
+        proxies = [p.strip() for p in value if p and p.strip()]
+        for proxy in proxies:
+            ipaddress.ip_network(proxy, strict=False)  # a ValueError names the bad entry at start-up
+        return proxies
 
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)

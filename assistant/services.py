@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 from assistant.config import Settings
 from assistant.errors import NotFound, UploadRejected
 from assistant.index.catalog import DocRecord, IndexDir
-from assistant.index.embedding import E5Embedder, Embedder, SentenceTransformerEmbedder
+from assistant.index.embedding import E5Embedder, Embedder, QueryCache, SentenceTransformerEmbedder
 from assistant.index.lexical import JiebaTokenizer, LexicalIndex
 from assistant.index.store import ChromaStore
 from assistant.index.synonyms import QueryExpander
@@ -27,12 +28,17 @@ from assistant.qa.retrieve import HybridRetriever, Mode
 from assistant.qa.understand import Condenser, Understander, Vocabulary, read_terms
 from assistant.state.questionlog import LoggedQuestion, QuestionLog, QuestionQuery, install_secret
 from assistant.state.sessions import SessionStore
-from assistant.state.uploads import DocMeta, UploadDir
+from assistant.state.uploads import DocMeta, Upload, UploadDir
 from assistant.types import Answer, Channel, Chunk, EventType, Retrieval, StreamEvent, Turn
 from ingest.pipeline import IngestPipeline, IngestReport, Progress
 from ingest.splitter import ChineseSplitter
 
 log = logging.getLogger("xiaoyu")
+WEB_SESSIONS = "web"  # the namespace of every session a browser or API client may name
+
+
+def _web_key(session_id: str) -> str:
+    return f"{WEB_SESSIONS}:{session_id}"
 
 
 @dataclass(frozen=True)
@@ -65,42 +71,61 @@ class ChatService:
         return self._pipeline.explain(question, history, top_k, mode)
 
     def ask(self, question: str, history: Sequence[Turn] = (), session_id: str | None = None,
-            channel: Channel = Channel.API, user: str | None = None, budget: float | None = None) -> Answer:
-        """Answer one question. With a session_id the stored conversation is the history, and this turn joins it.
-        Every question is logged with its channel (user ids only hashed). `budget`: seconds the LLM may take
-        (default per channel from settings.llm); ignored by the extractive answerer."""
+            channel: Channel = Channel.API, user: str | None = None, budget: float | None = None,
+            start_session: bool = False) -> Answer:
+        """Answer one question. Every question is logged with its channel (user ids only hashed). `budget`: seconds
+        the LLM may take (default per channel from settings.llm); ignored by the extractive answerer.
+
+        Sessions: a session_id the server issued makes the stored conversation the history, and this turn joins
+        it. An id it did not issue (or one expired or deleted), or none with `start_session`, starts a new session
+        whose first history is the client's `history`; the id to continue with is `answer.session_id`. WeChat's ids
+        come from the bridge (the resident's OpenID, signed by WeChat) and live in a namespace of their own."""
         answer = None
-        for event in self.stream(question, history, session_id, channel, user, budget=budget):
+        for event in self.stream(question, history, session_id, channel, user, budget=budget,
+                                 start_session=start_session):
             answer = event.answer or answer
         assert answer is not None  # every stream ends with done
         return answer
 
     def stream(self, question: str, history: Sequence[Turn] = (), session_id: str | None = None,
-               channel: Channel = Channel.API, user: str | None = None, budget: float | None = None
-               ) -> Iterator[StreamEvent]:
+               channel: Channel = Channel.API, user: str | None = None, budget: float | None = None,
+               start_session: bool = False) -> Iterator[StreamEvent]:
         """Citations first, then the answer text sentence by sentence, then done. With an LLM, sentences go out as
-        they are verified, and a citations event (the whole list so far) precedes each sentence citing a new source."""
+        they are verified, and a citations event (the whole list so far) precedes each sentence citing a new source.
+        Sessions as in ask()."""
         started = time.perf_counter()
-        if session_id:
-            history = self._sessions.history(session_id)
+        session_id, key, stored = self._open_session(session_id, channel, start_session)
+        if stored:
+            history = self._sessions.history(key)
         deadline = time.monotonic() + (budget if budget is not None else self._settings.llm.budget(channel))
         plan, retrieval, events = self._pipeline.stream(question, history, deadline)
         for event in events:
             if event.type is EventType.DONE and event.answer is not None:
-                answer = event.answer
-                self._remember(session_id, plan.question, answer)
+                answer = replace(event.answer, session_id=session_id)
+                if key:
+                    # Only the lead of a long answer is kept: condensation needs the topic, not every provision.
+                    self._sessions.append(key, Turn("user", plan.question), Turn("assistant", answer.text[:300]))
                 self._questions.record(channel, user or session_id, plan.question, answer,
                                        (time.perf_counter() - started) * 1000,
                                        retrieval.evidence if retrieval else None)
+                event = replace(event, answer=answer)
             yield event
 
-    def _remember(self, session_id: str | None, question: str, answer: Answer) -> None:
-        if session_id:
-            # Only the lead of a long answer is kept: condensation needs the topic, not every quoted provision.
-            self._sessions.append(session_id, Turn("user", question), Turn("assistant", answer.text[:300]))
+    def _open_session(self, session_id: str | None, channel: Channel, start: bool
+                      ) -> tuple[str | None, str | None, bool]:
+        """(the id the client continues with, the store key, whether the stored history applies)."""
+        if channel is Channel.WECHAT:
+            return session_id, session_id, bool(session_id)  # the bridge's own key, "wechat:<openid>"
+        if session_id and self._sessions.is_issued(_web_key(session_id)):
+            return session_id, _web_key(session_id), True
+        if session_id or start:
+            fresh = self._sessions.issue(WEB_SESSIONS)
+            return fresh, _web_key(fresh), False
+        return None, None, False
 
-    def reset_session(self, session_id: str) -> None:
-        self._sessions.reset(session_id)
+    def reset_session(self, session_id: str, channel: Channel = Channel.WEB) -> None:
+        """Forget a conversation (the widget's 新对话, WeChat's 重新开始). A web id can only name a web session."""
+        self._sessions.reset(session_id if channel is Channel.WECHAT else _web_key(session_id))
 
     def source_passage(self, chunk_id: str) -> tuple[Chunk, str] | None:
         """A cited chunk and the full text of its document (chunk.start:chunk.end is the passage); None if unknown."""
@@ -127,6 +152,8 @@ class KnowledgeBase:
         self._retriever = retriever
         self._uploads = uploads
         self._bundled = bundled
+        # An upload a crash interrupted is settled before anyone reads the uploads folder (see state/uploads.py).
+        self._uploads.recover(self._committed, wait=False)
 
     @property
     def is_empty(self) -> bool:
@@ -170,21 +197,31 @@ class KnowledgeBase:
         doc = catalog.docs.get(source)
         return [catalog.chunks[cid] for cid in doc.chunk_ids if cid in catalog.chunks] if doc else []
 
-    def add_document(self, filename: str, data: bytes, meta: DocMeta) -> tuple[str, IngestReport]:
-        """Store an upload under data_dir/uploads and ingest it. Raises UploadRejected with the reason when the file
-        can't be used; the knowledge base is then exactly as before."""
-        with self._uploads.lock:
-            staged = self._uploads.stage(filename, data, meta, self._foreign_sources())
+    def add_document(self, filename: str, data: bytes | BinaryIO, meta: DocMeta) -> tuple[str, IngestReport]:
+        """Store an upload under data_dir/uploads and ingest that one file; the other uploads are not re-read.
+        `data`: the bytes or a binary file (copied in chunks). Raises UploadRejected with the reason when the file
+        can't be used; the knowledge base (index and uploads folder) is then exactly as before. A crash part way
+        leaves nothing that a re-index picks up; the next start settles it (state/uploads.py)."""
+        self._uploads.recover(self._committed)
+        with self._uploads.transaction():
+            upload = self._uploads.stage(filename, data, meta, self._foreign_sources())
             try:
-                report = self.ingest([self._uploads.root])
+                report = self._ingest.ingest_file(self._uploads.root, upload.source, upload.entry, upload.folder,
+                                                  placed=lambda: self._uploads.place(upload))
             except Exception:
-                self._uploads.undo(staged)
+                # The ingest may have failed after its commit (while placing, say): then the upload is finished.
+                try:
+                    self._uploads.settle(upload, self._committed)
+                except Exception:
+                    log.exception("upload of %s left for recovery at the next start", upload.source)
                 raise
-            reason = dict(report.failed).get(staged.source)
+            reason = dict(report.failed).get(upload.source)
             if reason:
-                self._uploads.undo(staged)
+                self._uploads.abandon(upload)
                 raise UploadRejected(f"文件无法导入：{reason}")
-            return staged.source, report
+            if report.changed or report.embedded:
+                self._retriever.reload()
+            return upload.source, report
 
     def delete_document(self, source: str) -> IngestReport:
         """Remove a document from the index. An uploaded file is deleted too, so a re-index won't bring it back."""
@@ -198,8 +235,12 @@ class KnowledgeBase:
         """Re-read the folder(s) the index came from: changed files are re-ingested, unchanged ones cost nothing."""
         docs = self._retriever.catalog.docs
         roots = {self.document(source).root} if source is not None else {d.root for d in docs.values()}
+        self._uploads.recover(self._committed)  # a walk must not meet the folder half way through an upload
         with self._uploads.lock:
             return self.ingest([Path(r) for r in sorted(roots)])
+
+    def _committed(self, upload: Upload) -> bool:
+        return self._ingest.holds(self._uploads.root, upload.source, upload.entry, upload.folder)
 
     def _foreign_sources(self) -> set[str]:
         """Sources ingested from elsewhere (the bundled corpus): an upload must not take over their name."""
@@ -273,7 +314,8 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
     ingest = IngestPipeline(index_dir, store, embedder, LexicalIndex(tokenizer),
                             ChineseSplitter(settings.split.max_chars), settings.embedding.batch_size, sentences)
     expander = QueryExpander(settings.synonyms_path)
-    retriever = HybridRetriever(embedder, store, index_dir, tokenizer, settings.retrieval, expander, sentences)
+    retriever = HybridRetriever(QueryCache(embedder), store, index_dir, tokenizer, settings.retrieval, expander,
+                                sentences)
     terms = tokenizer.user_terms | expander.terms
     vocabulary = Vocabulary(tokenizer.tokens, lambda word: word in terms or retriever.knows(word),
                             read_terms(settings.out_of_scope_path))

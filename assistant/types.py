@@ -163,6 +163,7 @@ class Answer:
     query: str = ""  # the standalone query the answer was built for
     mode: ComposeMode = ComposeMode.EXTRACTIVE
     notes: tuple[str, ...] = field(default=())
+    session_id: str | None = None  # the server-issued session this turn joined (set by ChatService)
 
     @property
     def refused(self) -> bool:

@@ -13,6 +13,7 @@ _WS = re.compile(r"[\s\u3000]+")
 _ARTICLE_HEADING = re.compile(r"^[ \t\u3000]*(?:#+[ \t]*|\*\*)?(第[零〇一二三四五六七八九十百千两\d]+条)(?:\*\*)?(?=[\s\u3000]|$)",
                               re.MULTILINE)
 # Where a first sentence ends. A newline too: the extractive answers put each quoted provision on its own line.
+_ARTICLE = re.compile(r"第[零〇一二三四五六七八九十百千两\d]+条(?:之[零〇一二三四五六七八九十百千两\d]+)?")
 _SENTENCE_END = re.compile(r"[。！？!?\n]")
 
 LEAD_CHARS = 160  # "in the first sentence", measured as the first 160 characters a resident sees
@@ -35,6 +36,10 @@ def section_matches(expected: str, actual: str) -> bool:
     if not e:
         return True
     leaf = _norm(actual.rsplit(">", 1)[-1])
+    if _ARTICLE.fullmatch(e):
+        # An article is named exactly: 第五十七条 is neither 第五十七条之一 nor "第五十七条之后、第六十九条之前" (the
+        # range label of prose whose numbers the source lost).
+        return e == leaf
     return e == leaf or any(_norm(part).startswith(e) for part in actual.split(">"))
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,49 @@ class IngestPipeline:
             previous = self.index_dir.load(LexicalIndex(self.lexical.tokenizer))
             return self._run(previous, [r.resolve() for r in roots], progress, prune)
 
+    def ingest_file(self, root: Path, source: str, meta: dict, staged: Path | None = None,
+                    placed: Callable[[], None] | None = None) -> IngestReport:
+        """Ingest (or refresh) the one document `source` of the folder `root`, with `meta` as its manifest entry.
+        Every other document, of this root or another, stays exactly as it is: nothing is walked, re-extracted or
+        pruned, so an upload costs its own file only. The report names this source alone.
+
+        `staged`: a folder laid out like `root` to read the bytes from (an upload not yet moved into place); the
+        document is still recorded as `source` of `root`. `placed` runs under the ingest lock once the document is
+        in the committed index (also when it was unchanged), so that a re-index in another process never sees the
+        index ahead of the folder. A changed split setting is left to a re-index: the catalog keeps the signature
+        its other documents were split with, and only this file is split anew."""
+        base = root.resolve()
+        folder = staged if staged is not None else base
+        with self._locked():
+            previous = self.index_dir.load(LexicalIndex(self.lexical.tokenizer))
+            report = IngestReport()
+            docs = dict(previous.docs)
+            fresh: dict[str, tuple[SourceDoc, list[Chunk], str]] = {}
+            self._take(source, partial(load_file, folder / source, folder, {source: meta}), base,
+                       docs.get(source), False, fresh, report)
+            if report.failed:
+                return report
+            self._apply(previous, docs, fresh, report, None, False,
+                        previous.split_signature if previous.docs else None)
+            if placed is not None:
+                placed()
+            return report
+
+    def holds(self, root: Path, source: str, meta: dict, staged: Path | None = None) -> bool:
+        """Whether the committed index records `source` of `root` exactly as ingest_file would for these bytes and
+        this manifest entry: how an interrupted upload learns whether its ingest committed before the crash."""
+        with self._locked():
+            catalog = self.index_dir.load(LexicalIndex(self.lexical.tokenizer))
+        rec = catalog.docs.get(source)
+        if rec is None or rec.root != str(root.resolve()):
+            return False
+        folder = staged if staged is not None else root.resolve()
+        try:
+            doc = load_file(folder / source, folder, {source: meta})
+        except LoadError:
+            return False
+        return rec.sha256 == doc.sha256 and self._same_meta(rec, doc)
+
     def remove(self, sources: list[str]) -> IngestReport:
         """Delete documents by source path (the staff console's and admin API's delete)."""
         with self._locked():
@@ -111,21 +155,8 @@ class IngestPipeline:
             for i, path in enumerate(files, 1):
                 source = path.relative_to(base).as_posix()
                 seen.add(source)
-                try:
-                    doc = load_file(path, base, manifest)
-                    old = docs.get(source)
-                    if old and old.sha256 == doc.sha256 and not resplit_all and self._same_meta(old, doc):
-                        report.unchanged.append(source)
-                    else:
-                        chunks = self.splitter.split(doc)
-                        if not chunks:
-                            raise LoadError("没有切分出任何内容")
-                        fresh[source] = (doc, chunks, str(base))
-                        (report.updated if old else report.added).append(source)
-                except LoadError as exc:
-                    report.failed.append((source, str(exc)))
-                except Exception as exc:  # a parser bug on one file must not sink the whole ingest
-                    report.failed.append((source, f"{type(exc).__name__}: {exc}"))
+                self._take(source, partial(load_file, path, base, manifest), base, docs.get(source), resplit_all,
+                           fresh, report)
                 if progress:
                     progress("files", i, len(files))
             if prune and root.is_dir():
@@ -133,11 +164,36 @@ class IngestPipeline:
                     if rec.root == str(base) and source not in seen:
                         del docs[source]
                         report.removed.append(source)
+        self._apply(previous, docs, fresh, report, progress, resplit_all)
+        return report
+
+    def _take(self, source: str, load: Callable[[], SourceDoc], base: Path, old: DocRecord | None, resplit: bool,
+              fresh: dict[str, tuple[SourceDoc, list[Chunk], str]], report: IngestReport) -> None:
+        """Load and split one file into `fresh`, or count it as unchanged or failed."""
+        try:
+            doc = load()
+            if old and old.sha256 == doc.sha256 and not resplit and self._same_meta(old, doc):
+                report.unchanged.append(source)
+            else:
+                chunks = self.splitter.split(doc)
+                if not chunks:
+                    raise LoadError("没有切分出任何内容")
+                fresh[source] = (doc, chunks, str(base))
+                (report.updated if old else report.added).append(source)
+        except LoadError as exc:
+            report.failed.append((source, str(exc)))
+        except Exception as exc:  # a parser bug on one file must not sink the whole ingest
+            report.failed.append((source, f"{type(exc).__name__}: {exc}"))
+
+    def _apply(self, previous: Catalog, docs: dict[str, DocRecord],
+               fresh: dict[str, tuple[SourceDoc, list[Chunk], str]], report: IngestReport,
+               progress: Progress | None, resplit_all: bool, split_signature: str | None = None) -> None:
+        """Commit `docs` with the `fresh` documents' new chunks, embedding what the store lacks; or nothing at all."""
         # An index made before sentence vectors existed gets them on its next ingest, unchanged files or not.
         sentences_missing = self.sentences is not None and bool(previous.chunks) and not self.sentences.count()
         if not (report.added or report.updated or report.removed or resplit_all or sentences_missing
                 or previous.embedder != self.embedder.name):
-            return report  # nothing to embed or commit: the index stays exactly as it was
+            return  # nothing to embed or commit: the index stays exactly as it was
 
         catalog = Catalog(self.embedder.name, self.split_signature, generation=previous.generation)
         now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -158,8 +214,7 @@ class IngestPipeline:
                 for cid in rec.chunk_ids:
                     catalog.chunks[cid] = previous.chunks[cid]
         self._embed_missing(catalog, report, progress)
-        self._commit(catalog, report)
-        return report
+        self._commit(catalog, report, split_signature)
 
     @staticmethod
     def _manifest(base: Path, report: IngestReport) -> dict[str, dict]:
@@ -199,12 +254,12 @@ class IngestPipeline:
             if progress:
                 progress("sentences", start + len(batch), len(missing))
 
-    def _commit(self, catalog: Catalog, report: IngestReport) -> None:
+    def _commit(self, catalog: Catalog, report: IngestReport, split_signature: str | None = None) -> None:
         # Chunks of removed docs must leave the catalog too.
         live = {cid for rec in catalog.docs.values() for cid in rec.chunk_ids}
         catalog.chunks = {cid: c for cid, c in catalog.chunks.items() if cid in live}
         catalog.embedder = self.embedder.name
-        catalog.split_signature = self.split_signature
+        catalog.split_signature = split_signature or self.split_signature
         lexical = LexicalIndex(self.lexical.tokenizer)
         ordered = list(catalog.chunks.values())
         lexical.build([c.id for c in ordered], [c.text for c in ordered])

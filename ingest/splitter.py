@@ -33,6 +33,9 @@ class _Unit:
     headings: list[str]
     label: str  # "第四十一条", or "" for prose
     paras: list[tuple[int, int]] = field(default_factory=list)  # (start, end) in the source text
+    # Prose in a regulation's article body (the source lost its numbers): where it sits between the numbered
+    # articles, "第五十七条之后、第六十九条之前". Only the section (and so the citation) carries it, not the header.
+    placed: str = ""
 
 
 def chunk_id(source: str, section: str, text: str) -> str:
@@ -86,7 +89,7 @@ class ChineseSplitter:
 
     # ---- public -------------------------------------------------------------------------------
     def split(self, doc: SourceDoc) -> list[Chunk]:
-        units = self._regulation_units(doc) if doc.kind == "法规" else self._prose_units(doc)
+        units = self._place_prose(self._regulation_units(doc)) if doc.kind == "法规" else self._prose_units(doc)
         chunks: list[Chunk] = []
         for unit in units:
             chunks.extend(self._cut(doc, unit))
@@ -144,6 +147,26 @@ class ChineseSplitter:
         return units
 
     @staticmethod
+    def _place_prose(units: list[_Unit]) -> list[_Unit]:
+        """Give un-numbered prose in the article body the narrowest honest range: the last numbered article before
+        it and the first after it, in the document's own numerals. Never an invented number. Prose before the
+        first article is placed ("第一条之前") only under a numbered 编/章/节 heading: a 题注 or a named part such
+        as 总纲 is front matter, not an article that lost its number, and keeps its heading as its label."""
+        labels = [u.label for u in units]
+        for i, unit in enumerate(units):
+            if unit.label:
+                continue
+            before = next((x for x in reversed(labels[:i]) if x), "")
+            after = next((x for x in labels[i + 1 :] if x), "")
+            if before and after:
+                unit.placed = f"{before}之后、{after}之前"
+            elif before:
+                unit.placed = f"{before}之后"
+            elif after and any(_STRUCT_HEADING.match(h) for h in unit.headings):
+                unit.placed = f"{after}之前"
+        return units
+
+    @staticmethod
     def _unglue_heading(heading: str, text: str) -> tuple[str, str]:
         """'第一章 总则第一条 为了…' → ('第一章 总则', '第一条 为了…'); a heading that swallowed its chapter's
         un-numbered text ('第六章 物业的使用和维护业主、物业使用人…') is cut after the longest prefix that the
@@ -193,7 +216,8 @@ class ChineseSplitter:
 
     # ---- cutting to size -----------------------------------------------------------------------
     def _cut(self, doc: SourceDoc, unit: _Unit) -> list[Chunk]:
-        section = " > ".join([*unit.headings, unit.label] if unit.label else unit.headings)
+        leaf = unit.label or unit.placed
+        section = " > ".join([*unit.headings, leaf] if leaf else unit.headings)
         header = " ".join(x for x in (doc.title, unit.headings[-1] if unit.headings else "", unit.label) if x)
         # A runaway "heading" (a long markdown # line) must not turn the context line into a second body.
         header = _clip(header, self.max_chars)

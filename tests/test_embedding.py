@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant.index.embedding import E5Embedder, Embedder, SentenceTransformerEmbedder
+from assistant.index.embedding import E5Embedder, Embedder, QueryCache, SentenceTransformerEmbedder
 
 
 def contract(embedder: Embedder, related: str, query: str, unrelated: str):
@@ -66,3 +66,30 @@ def test_service_configured_for_sentence_transformers_ingests_and_retrieves(monk
     assert stored_ids(settings.data_dir, configured) == chunk_ids(service)
     hits = service.chat.retrieve("司法确认", top_k=3).hits
     assert len(hits) == 3 and all(h.chunk.source.startswith("调解/") for h in hits)
+
+
+def test_query_cache_embeds_a_repeated_question_once_and_hands_out_read_only_vectors(embedder):
+    calls = []
+
+    class Spy:  # the real e5 behind a call log: the cache must still return its vectors
+        name, dim = embedder.name, embedder.dim
+
+        def embed_query(self, text):
+            calls.append(text)
+            return embedder.embed_query(text)
+
+        def embed_passages(self, texts):
+            return embedder.embed_passages(texts)
+
+    cache = QueryCache(Spy(), size=2)
+    first = cache.embed_query("物业费怎么交？")
+    again = cache.embed_query("物业费怎么交？")
+    cache.embed_query("业主大会怎么开？")
+    cache.embed_query("调解协议有效吗？")  # pushes the first question out of a cache of two
+    cache.embed_query("物业费怎么交？")
+
+    assert calls == ["物业费怎么交？", "业主大会怎么开？", "调解协议有效吗？", "物业费怎么交？"]
+    assert np.array_equal(first, again) and np.allclose(first, embedder.embed_query("物业费怎么交？"))
+    with pytest.raises(ValueError):
+        first[0] = 1.0
+    contract(cache, "业主应当按照物业服务合同的约定按时交纳物业费。", "物业费怎么交", "入党积极分子的培养考察。")

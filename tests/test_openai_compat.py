@@ -122,11 +122,15 @@ def test_out_of_scope_question_is_refused_politely(client):
     assert "12345" in completion.choices[0].message.content
 
 
-def test_session_id_in_extra_body_keeps_the_conversation(client):
-    _ask(client, {"role": "user", "content": FIRST}, extra_body={"session_id": "openai-s1"})
-    follow = _ask(client, {"role": "user", "content": FOLLOW_UP}, extra_body={"session_id": "openai-s1"})
+def test_session_id_in_extra_body_keeps_the_conversation_under_the_id_the_server_issued(client):
+    first = _ask(client, {"role": "user", "content": FIRST}, extra_body={"session_id": "openai-s1"})
+    issued = first.model_extra["session_id"]
+    follow = _ask(client, {"role": "user", "content": FOLLOW_UP}, extra_body={"session_id": issued})
+    guessed = _ask(client, {"role": "user", "content": FOLLOW_UP}, extra_body={"session_id": "openai-s1"})
 
-    assert follow.model_extra["refused"] is False
+    assert issued != "openai-s1" and len(issued) >= 22  # 128 bits, URL-safe base64
+    assert follow.model_extra["refused"] is False and follow.model_extra["session_id"] == issued
+    assert guessed.model_extra["refused"] is True  # an id the server never issued has no conversation behind it
 
 
 def test_unknown_model_is_not_found(client):

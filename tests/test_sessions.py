@@ -13,7 +13,8 @@ from assistant.api import create_app
 from assistant.config import Settings, StaffSettings
 from assistant.services import build_services
 from assistant.state.sessions import SessionStore
-from assistant.types import Turn
+from assistant.types import Channel, Turn
+from assistant.wechat.bridge import session_id as wechat_session
 
 FIRST = "调解协议怎么申请司法确认？"
 FOLLOW_UP = "要多久？"  # meaningless alone (refused); about 司法确认 with the first question as history
@@ -106,12 +107,13 @@ def _client(data_dir, embedder) -> TestClient:
 
 def test_api_chat_follow_up_uses_the_session_history_after_a_restart(data_dir, embedder):
     with _client(data_dir, embedder) as first_run:
-        r = first_run.post("/api/chat", json={"question": FIRST, "session_id": "resident-1"})
+        r = first_run.post("/api/chat", json={"question": FIRST})
         assert r.status_code == 200 and not r.json()["refused"]
+        issued = r.json()["session_id"]
 
     # A new service and app over the same data dir: what a restart of the server does.
     with _client(data_dir, embedder) as second_run:
-        follow = second_run.post("/api/chat", json={"question": FOLLOW_UP, "session_id": "resident-1"}).json()
+        follow = second_run.post("/api/chat", json={"question": FOLLOW_UP, "session_id": issued}).json()
         stranger = second_run.post("/api/chat", json={"question": FOLLOW_UP, "session_id": "resident-2"}).json()
 
     assert not follow["refused"]
@@ -122,12 +124,54 @@ def test_api_chat_follow_up_uses_the_session_history_after_a_restart(data_dir, e
 
 def test_deleting_a_session_makes_the_follow_up_stand_alone(data_dir, embedder):
     with _client(data_dir, embedder) as client:
-        client.post("/api/chat", json={"question": FIRST, "session_id": "resident-1"})
+        issued = client.post("/api/chat", json={"question": FIRST}).json()["session_id"]
 
-        assert client.delete("/api/chat/sessions/resident-1").status_code == 204
-        after = client.post("/api/chat", json={"question": FOLLOW_UP, "session_id": "resident-1"}).json()
+        assert client.delete(f"/api/chat/sessions/{issued}").status_code == 204
+        after = client.post("/api/chat", json={"question": FOLLOW_UP, "session_id": issued}).json()
 
-    assert after["refused"]
+    assert after["refused"] and after["session_id"] != issued  # the deleted id is revoked, not reused
+
+
+def test_every_answer_carries_a_server_issued_128_bit_session_id(data_dir, embedder):
+    with _client(data_dir, embedder) as client:
+        first = client.post("/api/chat", json={"question": FIRST}).json()
+        again = client.post("/api/chat", json={"question": FIRST}).json()
+        follow = client.post("/api/chat", json={"question": FOLLOW_UP, "session_id": first["session_id"]}).json()
+
+    assert len(first["session_id"]) >= 22 and first["session_id"] != again["session_id"]
+    assert follow["session_id"] == first["session_id"] and not follow["refused"]
+
+
+def test_a_session_id_the_server_did_not_issue_starts_a_new_session(data_dir, embedder):
+    with _client(data_dir, embedder) as client:
+        chosen = client.post("/api/chat", json={"question": FIRST, "session_id": "my-own-id"}).json()
+        follow = client.post("/api/chat", json={"question": FOLLOW_UP, "session_id": "my-own-id"}).json()
+
+    assert chosen["session_id"] != "my-own-id"
+    assert follow["refused"]  # nothing was stored under the client's own id
+
+
+def test_no_web_request_can_read_or_delete_a_wechat_conversation(data_dir, embedder):
+    settings = Settings(data_dir=data_dir, staff=StaffSettings(console_enabled=False))
+    services = build_services(settings, embedder)
+
+    services.chat.ask(FIRST, session_id=wechat_session("oAlice"), channel=Channel.WECHAT, user="oAlice")
+    with TestClient(create_app(settings, services)) as client:
+        read = client.post("/api/chat", json={"question": FOLLOW_UP, "session_id": wechat_session("oAlice")}).json()
+        deleted = client.delete(f"/api/chat/sessions/{wechat_session('oAlice')}")
+
+    assert read["refused"] and read["session_id"] != wechat_session("oAlice")
+    assert deleted.status_code == 204
+    stored = SessionStore(data_dir / "sessions.sqlite3").history(wechat_session("oAlice"))
+    assert [t.content for t in stored if t.role == "user"] == [FIRST]  # untouched by the web requests
+
+
+def test_an_issued_session_expires_with_the_ttl(tmp_path, clock):
+    store = SessionStore(tmp_path / "s.sqlite3", ttl_seconds=3600)
+    issued = store.issue("web")
+    assert store.is_issued(f"web:{issued}") and not store.is_issued(f"wechat:{issued}")
+    clock.now += 3601
+    assert not store.is_issued(f"web:{issued}")
 
 
 def test_an_overlong_session_id_is_rejected_in_chinese(data_dir, embedder):

@@ -73,12 +73,13 @@ def test_stream_answers_match_the_json_endpoint(client):
 
 
 def test_stream_with_a_session_remembers_the_conversation(client):
-    client.post("/api/chat/stream", json={"question": FIRST, "session_id": "widget-s1"})
-    follow = sse_events(client.post("/api/chat/stream", json={"question": FOLLOW_UP, "session_id": "widget-s1"}).text)
+    first = sse_events(client.post("/api/chat/stream", json={"question": FIRST}).text)
+    issued = first[-1][1]["session_id"]
+    follow = sse_events(client.post("/api/chat/stream", json={"question": FOLLOW_UP, "session_id": issued}).text)
     alone = sse_events(client.post("/api/chat/stream", json={"question": FOLLOW_UP, "session_id": "widget-s2"}).text)
 
-    assert follow[-1][1]["refused"] is False and follow[-1][1]["session_id"] == "widget-s1"
-    assert alone[-1][1]["refused"] is True
+    assert follow[-1][1]["refused"] is False and follow[-1][1]["session_id"] == issued
+    assert alone[-1][1]["refused"] is True and alone[-1][1]["session_id"] not in (issued, "widget-s2")
 
 
 @pytest.mark.parametrize("question, reason", [("  ", "问题不能为空"), ("问" * 1001, "问题太长了")])

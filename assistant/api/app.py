@@ -9,12 +9,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from assistant.api.middleware import BodyLimit
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from assistant.api.middleware import AdminGuard, BodyLimit, LoginGuard
 from assistant.api.routes import admin, chat, health, openai_compat, web
 from assistant.api.routes import wechat as wechat_routes
 from assistant.config import Settings, get_settings
 from assistant.errors import XiaoyuError
 from assistant.services import Services, build_services
+from assistant.state.ratelimit import LoginThrottle
 
 log = logging.getLogger("xiaoyu")
 
@@ -76,8 +79,19 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # Inside the embed guard and CORS (added next), so that a 413 still carries the CORS headers a widget needs.
     app.add_middleware(BodyLimit, json_limit=settings.web.max_body_kb * 1024,
                        upload_limit=int(settings.staff.max_upload_mb * 1_000_000) + 64 * 1024)  # + form fields
+    # Outside the body limit: an admin request without the token is a 401 before any of its body is read.
+    app.add_middleware(AdminGuard, admin_token=settings.staff.admin_token.get_secret_value())
     web.install(app, settings)  # widget, demo page, /sources, /api/chat/stream; CORS and rate limit
-    from ui.console.app import mount_console  # imports gradio: only when an app is actually built
+    from ui.console.app import PATH, mount_console  # imports gradio: only when an app is actually built
 
+    if settings.staff.console_enabled:
+        staff = settings.staff
+        app.add_middleware(LoginGuard, paths=(f"{PATH}/login", f"{PATH}/login/"),
+                           throttle=LoginThrottle(staff.login_max_failures, staff.login_max_failures_per_ip,
+                                                  staff.login_lockout_minutes))
+    if settings.trusted_proxies:
+        # Outermost, so the rate limit and the login throttle see the client the proxy saw. `xiaoyu serve` turns
+        # uvicorn's own proxy handling off: by default it believes X-Forwarded-For from 127.0.0.1.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     mount_console(app, settings)
     return app

@@ -11,15 +11,16 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from assistant.state.ratelimit import RateLimiter
+from assistant.state.accounts import token_matches
+from assistant.state.ratelimit import LoginThrottle, RateLimiter
 
 # Endpoints that answer a question: each POST costs a retrieval, so each one counts against the limit.
-QUESTION_PATHS = frozenset({"/api/chat", "/api/chat/stream", "/v1/chat/completions"})
+QUESTION_PATHS = frozenset({"/api/chat", "/api/chat/stream", "/api/retrieve", "/v1/chat/completions"})
 # Endpoints a browser page may call; other routes (admin, console, WeChat) keep their own protection.
-GUARDED_PREFIXES = ("/api/chat", "/v1/")
+GUARDED_PREFIXES = ("/api/chat", "/api/retrieve", "/v1/")
 
 
 class OriginPolicy:
@@ -55,8 +56,7 @@ class EmbedGuard:
             await _refuse(send, path, 403, message, "permission_error", "origin_not_allowed")
             return
         if self.limiter is not None and path in QUESTION_PATHS:
-            client = (scope.get("client") or ("unknown", 0))[0]
-            wait = self.limiter.hit(client)
+            wait = self.limiter.hit(client_ip(scope))
             if wait:
                 message = (f"提问太频繁了：每分钟最多可以提 {self.limiter.per_minute} 个问题，"
                            f"请 {wait} 秒后再试。")
@@ -134,5 +134,122 @@ class BodyLimit:
                 raise
 
 
+ADMIN_PREFIX = "/admin"
+ADMIN_DISABLED = "管理接口未启用：请设置环境变量 XIAOYU_ADMIN_TOKEN 后重启服务"
+ADMIN_UNAUTHORIZED = "缺少或错误的管理令牌：请在请求头中提供 Authorization: Bearer <令牌>"
+
+
+def admin_refusal(configured: str, presented: str | None) -> tuple[int, str] | None:
+    """(status, message) refusing an admin request that presents the bearer token `presented`; None to let it in."""
+    if not configured:
+        return 503, ADMIN_DISABLED
+    if not token_matches(configured, presented):
+        return 401, ADMIN_UNAUTHORIZED
+    return None
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of "Bearer <token>", read as FastAPI's HTTPBearer reads it (scheme case-insensitive)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+class AdminGuard:
+    """The admin token is checked before a byte of the body is read. FastAPI reads and parses a request's form body
+    before it runs the route's dependencies, so with require_admin alone anyone could make the server receive and
+    spool a whole upload. require_admin stays on the router: it documents the security scheme in OpenAPI."""
+
+    def __init__(self, app: ASGIApp, admin_token: str):
+        self.app = app
+        self.admin_token = admin_token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+        refusal = admin_refusal(self.admin_token, bearer_token(Headers(scope=scope).get("authorization")))
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        status, message = refusal
+        extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+        await _refuse(send, path, status, message, "authentication_error", "admin_token", extra)
+
+
 def _size(limit: int) -> str:
     return f"{limit / 1_000_000:.0f} MB" if limit >= 1_000_000 else f"{limit // 1024} KB"
+
+
+def client_ip(scope: Scope) -> str:
+    # The peer address; with XIAOYU_TRUSTED_PROXIES set, uvicorn's ProxyHeadersMiddleware (outermost, see
+    # create_app) has already replaced it with the address the trusted proxy saw. Never X-Forwarded-For itself.
+    return (scope.get("client") or ("unknown", 0))[0]
+
+
+class LoginGuard:
+    """Throttles the console's login form (Gradio's POST <console>/login) per account and per IP: a locked one gets
+    a 429 before any password is hashed. Gradio answers 200 for a good password and 400 for a bad one, which is how
+    failures are counted here without reaching into Gradio."""
+
+    def __init__(self, app: ASGIApp, paths: Iterable[str], throttle: LoginThrottle, max_body: int = 16 * 1024):
+        self.app = app
+        self.paths = frozenset(paths)
+        self.throttle = throttle
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope.get("path") not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        more = True
+        while more:
+            event = await receive()
+            if event["type"] != "http.request":
+                return  # the client left before the form arrived
+            body += event.get("body", b"")
+            more = event.get("more_body", False)
+            if len(body) > self.max_body:
+                await _refuse(send, "", 413, f"登录请求过大：上限是 {_size(self.max_body)}。", "", "")
+                return
+        account = await _form_field(scope, body, "username")
+        ip = client_ip(scope)
+        wait = self.throttle.locked(ip, account)
+        if wait:
+            minutes = max(1, round(wait / 60))
+            await _refuse(send, "", 429, f"登录失败次数过多，已暂时锁定：请 {minutes} 分钟后再试。", "", "",
+                          [(b"retry-after", str(wait).encode())])
+            return
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        async def watch(event: dict) -> None:
+            if event["type"] == "http.response.start":
+                if event["status"] == 200:
+                    self.throttle.succeeded(account)
+                elif event["status"] == 400:
+                    self.throttle.failed(ip, account)
+            await send(event)
+
+        await self.app(scope, replay, watch)
+
+
+async def _form_field(scope: Scope, body: bytes, name: str) -> str:
+    """One field of a buffered form body, urlencoded or multipart (Gradio's login page sends FormData)."""
+    async def once() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        async with Request(scope, once).form(max_files=0, max_fields=16) as form:
+            value = form.get(name)
+    except Exception:  # a malformed form: Gradio will refuse it; the throttle still counts the IP
+        return ""
+    return value.strip() if isinstance(value, str) else ""

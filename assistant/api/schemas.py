@@ -82,10 +82,10 @@ class ChatResponse(BaseModel):
     refused: bool
     citations: list[CitationOut]
     query: str = ""
-    session_id: str | None = None
+    session_id: str | None = Field(None, description="send it with the next question to continue this conversation")
     kind: Literal["answered", "refused", "smalltalk"] = "answered"
 
     @classmethod
-    def of(cls, answer: Answer, session_id: str | None = None) -> ChatResponse:
+    def of(cls, answer: Answer) -> ChatResponse:
         return cls(answer=answer.text, refused=answer.refused, citations=[CitationOut.of(c) for c in answer.citations],
-                   query=answer.query, session_id=session_id, kind=answer.kind.value)
+                   query=answer.query, session_id=answer.session_id, kind=answer.kind.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -16,6 +17,29 @@ class Embedder(Protocol):
     def embed_query(self, text: str) -> np.ndarray: ...
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class QueryCache:
+    """An embedder whose query vectors are kept in an LRU: residents ask the same few hundred questions again and
+    again (the widget's suggestions, 物业费怎么交), and a query embedding is most of an answer's CPU. Passages pass
+    through; the cached vectors are read-only, so no caller can change what the next one gets."""
+
+    def __init__(self, embedder: Embedder, size: int = 2048):
+        self.embedder = embedder
+        self.name = embedder.name
+        self.dim = embedder.dim
+        self._cached = lru_cache(maxsize=size)(self._embed)
+
+    def _embed(self, text: str) -> np.ndarray:
+        vector = np.asarray(self.embedder.embed_query(text), dtype=np.float32)
+        vector.flags.writeable = False
+        return vector
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._cached(text)
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embedder.embed_passages(texts)
 
 
 class E5Embedder:

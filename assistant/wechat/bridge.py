@@ -175,7 +175,7 @@ class WeChatBridge:
 
     def _reset(self, openid: str) -> str:
         with self._resident(openid):
-            self.service.reset_session(session_id(openid))
+            self.service.reset_session(session_id(openid), Channel.WECHAT)
         return fmt.RESET_DONE
 
     def _next_page(self, openid: str) -> str:

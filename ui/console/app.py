@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+import anyio
+import anyio.to_thread
 import gradio as gr
 from fastapi import FastAPI
 
@@ -194,9 +196,16 @@ def mount_console(app: FastAPI, settings: Settings) -> None:
     if not settings.staff.console_enabled:
         return
     accounts = StaffAccounts.load(settings.staff.console_users.get_secret_value(), settings.data_dir, _announce)
+    # bcrypt takes ~0.25 s of CPU by design. Run on the event loop, six clients guessing passwords stalled every
+    # request; in one worker thread of its own, a flood of logins queues there and leaves a core for residents.
+    hashing = anyio.CapacityLimiter(1)
+
+    async def check(name: str, password: str) -> bool:
+        return await anyio.to_thread.run_sync(accounts.check, name, password, limiter=hashing)
+
     gr.mount_gradio_app(
         app, build_console(lambda: app.state.services, settings), PATH,
-        auth=accounts.check, auth_message="小玉内容工作台：请用工作人员账号登录",
+        auth=check, auth_message="小玉内容工作台：请用工作人员账号登录",
         footer_links=[], ssr_mode=False, theme=THEME, css=CSS, show_error=True,
         max_file_size=int(settings.staff.max_upload_mb * 1_000_000),
     )

@@ -36,19 +36,14 @@
     return node;
   }
 
-  function newSessionId() {
-    // getRandomValues works on plain-http pages too, where crypto.randomUUID is missing.
-    var bytes = new Uint8Array(16);
-    crypto.getRandomValues(bytes);
-    return "w-" + Array.prototype.map.call(bytes, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
-  }
-
   function load() {
     try {
       var saved = JSON.parse(localStorage.getItem(STORE_KEY) || "null");
-      if (saved && typeof saved.sessionId === "string" && Array.isArray(saved.messages)) return saved;
+      if (saved && (saved.sessionId === null || typeof saved.sessionId === "string") &&
+          Array.isArray(saved.messages)) return saved;
     } catch (e) { /* storage blocked or corrupt: start fresh */ }
-    return { sessionId: newSessionId(), messages: [] };
+    // The server issues the session id with the first answer; until then there is none.
+    return { sessionId: null, messages: [] };
   }
 
   function save() {
@@ -269,6 +264,7 @@
           answer.text = data.answer;
           answer.citations = data.citations || [];
           answer.refused = !!data.refused;
+          if (typeof data.session_id === "string") state.sessionId = data.session_id;
           state.messages.push(answer);
         } else if (kind === "error") {
           finished = true;
@@ -296,9 +292,9 @@
 
   function resetConversation() {
     var old = state.sessionId;
-    // Best effort: the server forgets the old history; a fresh id already starts a clean conversation.
-    fetch(BASE + "/api/chat/sessions/" + encodeURIComponent(old), { method: "DELETE" }).catch(function () {});
-    state = { sessionId: newSessionId(), messages: [] };
+    // Best effort: the server forgets the old history; without an id the next answer starts a new session anyway.
+    if (old) fetch(BASE + "/api/chat/sessions/" + encodeURIComponent(old), { method: "DELETE" }).catch(function () {});
+    state = { sessionId: null, messages: [] };
     save();
     hideCard();
     renderAll();

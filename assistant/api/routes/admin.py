@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from assistant.api.deps import KnowledgeDep, ServicesDep, StaffDep
-from assistant.state.accounts import token_matches
+from assistant.api.middleware import admin_refusal
 from assistant.state.questionlog import QuestionQuery
 from assistant.state.uploads import DocMeta
 from assistant.types import Channel
@@ -21,12 +21,13 @@ _bearer = HTTPBearer(auto_error=False, description="XIAOYU_ADMIN_TOKEN")
 
 def require_admin(request: Request,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """The same check as AdminGuard (which runs first, before the body is read); here it puts the bearer scheme into
+    the OpenAPI document and guards the routes of an app built without the middleware."""
     token = request.app.state.settings.staff.admin_token.get_secret_value()
-    if not token:
-        raise HTTPException(503, "管理接口未启用：请设置环境变量 XIAOYU_ADMIN_TOKEN 后重启服务")
-    if credentials is None or not token_matches(token, credentials.credentials):
-        raise HTTPException(401, "缺少或错误的管理令牌：请在请求头中提供 Authorization: Bearer <令牌>",
-                            headers={"WWW-Authenticate": "Bearer"})
+    refusal = admin_refusal(token, credentials.credentials if credentials else None)
+    if refusal is not None:
+        status, message = refusal
+        raise HTTPException(status, message, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -89,9 +90,11 @@ def documents(knowledge: KnowledgeDep) -> list[DocumentOut]:
 async def upload(knowledge: KnowledgeDep, file: Annotated[UploadFile, File()],
                  category: Annotated[str, Form()], title: Annotated[str, Form()] = "",
                  issuer: Annotated[str, Form()] = "", date: Annotated[str, Form()] = "") -> UploadOut:
-    data = await file.read(knowledge.max_upload_bytes + 1)  # never more than one byte past the limit in memory
-    knowledge.check_upload_size(len(data))
-    source, report = await run_in_threadpool(knowledge.add_document, file.filename or "", data,
+    if file.size is not None:
+        knowledge.check_upload_size(file.size)
+    # Starlette has spooled the body to a temp file; the service copies it into staging in chunks, so the upload
+    # is never one bytes object here; the loaders read the staged copy (to check it, then to ingest it).
+    source, report = await run_in_threadpool(knowledge.add_document, file.filename or "", file.file,
                                              DocMeta(title, category, issuer, date))
     status = "added" if source in report.added else "updated" if source in report.updated else "unchanged"
     return UploadOut(source=source, status=status, chunks=len(knowledge.chunks_of(source)),

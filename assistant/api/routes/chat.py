@@ -19,5 +19,6 @@ async def retrieve(req: RetrieveRequest, chat: ChatDep) -> RetrieveResponse:
 @router.post("/chat", response_model=ChatResponse)
 async def chat(req: ChatRequest, chat: ChatDep) -> ChatResponse:
     history = [t.to_turn() for t in req.history]
-    answer = await run_in_threadpool(chat.ask, req.question, history, req.session_id, Channel.API)
-    return ChatResponse.of(answer, req.session_id)
+    answer = await run_in_threadpool(chat.ask, req.question, history, req.session_id, Channel.API,
+                                     start_session=True)
+    return ChatResponse.of(answer)

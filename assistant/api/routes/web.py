@@ -108,13 +108,13 @@ def _sse(kind: str, data: dict) -> dict:
 def _events(service: ChatService, req: ChatRequest, history) -> Iterator[dict]:
     """citations → delta … → done. Runs in a worker thread; a client that goes away simply stops the iteration."""
     try:
-        for event in service.stream(req.question, history, req.session_id, Channel.WEB):
+        for event in service.stream(req.question, history, req.session_id, Channel.WEB, start_session=True):
             if event.type is EventType.CITATIONS:
                 yield _sse("citations", {"citations": [CitationOut.of(c).model_dump() for c in event.citations]})
             elif event.type is EventType.DELTA:
                 yield _sse("delta", {"text": event.text})
             elif event.answer is not None:
-                yield _sse("done", ChatResponse.of(event.answer, req.session_id).model_dump())
+                yield _sse("done", ChatResponse.of(event.answer).model_dump())
     except XiaoyuError as exc:
         yield _sse("error", {"detail": exc.user_message})
     except Exception:
