@@ -122,6 +122,8 @@ class StaffSettings(BaseSettings):
     login_max_failures: int = Field(5, ge=1)
     login_max_failures_per_ip: int = Field(20, ge=1)
     login_lockout_minutes: int = Field(15, ge=1)
+    # Question-log rows and closed hand-off requests older than this are deleted (at start, then daily); 0 keeps all.
+    log_retention_days: int = Field(180, ge=0)
 
 
 class WebSettings(BaseSettings):
@@ -140,6 +142,19 @@ class WebSettings(BaseSettings):
         if isinstance(value, str):
             value = json.loads(value) if value.strip().startswith("[") else value.split(",")
         return [o.strip().rstrip("/") for o in value if o and o.strip()]
+
+
+class RequestSettings(BaseSettings):
+    """Hand-offs to a person (转人工 / 留言). Env names: XIAOYU_REQUESTS_WEBHOOK_URL, XIAOYU_REQUESTS_WEBHOOK_SECRET …"""
+
+    model_config = _group("XIAOYU_REQUESTS_")
+    # Each new request is POSTed here as JSON (a ticket system, a group-chat bot); empty = no webhook.
+    webhook_url: str = ""
+    # Signs the body: X-Xiaoyu-Signature: sha256=<hex HMAC-SHA256 of the raw body with this secret>.
+    webhook_secret: SecretStr = SecretStr("")
+    webhook_attempts: int = Field(4, ge=1)  # the first try plus retries, waiting webhook_backoff, then 2x, 4x …
+    webhook_backoff: float = Field(2.0, ge=0)
+    webhook_timeout: float = Field(10.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -175,6 +190,7 @@ class Settings(BaseSettings):
     wechat: WeChatSettings = Field(default_factory=WeChatSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     staff: StaffSettings = Field(default_factory=StaffSettings)
+    requests: RequestSettings = Field(default_factory=RequestSettings)
 
     # The knowledge base's vocabulary travels with it: a county's own KB brings its own dictionary and synonyms.
     @property

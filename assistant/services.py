@@ -2,20 +2,24 @@
 
 - ChatService: residents' questions (ask, stream), previews of the same pipeline (retrieve, explain), sources.
 - KnowledgeBase: documents, staff uploads, deletions and re-indexing.
-- StaffViews: what staff read about residents' questions (the question log).
+- StaffViews: what staff read about residents' questions (the question log, personal numbers masked).
+- RequestDesk: residents' ratings of answers and hand-offs to a person (转人工 / 留言); the staff queue and replies.
 Edges (API, widget, WeChat, console, CLI, evals) call these methods and never reach through them."""
 
 from __future__ import annotations
 
 import logging
+import re
+import secrets
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from assistant.config import Settings
-from assistant.errors import NotFound, UploadRejected
+from assistant.errors import BadQuestion, NotFound, UploadRejected
 from assistant.index.catalog import DocRecord, IndexDir
 from assistant.index.embedding import E5Embedder, Embedder, QueryCache, SentenceTransformerEmbedder
 from assistant.index.lexical import JiebaTokenizer, LexicalIndex
@@ -26,10 +30,24 @@ from assistant.qa.evidence import AnswerabilityModel
 from assistant.qa.pipeline import Explanation, QuestionPipeline
 from assistant.qa.retrieve import HybridRetriever, Mode
 from assistant.qa.understand import Condenser, Understander, Vocabulary, read_terms
+from assistant.state.privacy import mask
 from assistant.state.questionlog import LoggedQuestion, QuestionLog, QuestionQuery, install_secret
+from assistant.state.requests import HelpRequest, RequestStore
 from assistant.state.sessions import SessionStore
+from assistant.state.topics import Topic, group_topics, iso_weeks
 from assistant.state.uploads import DocMeta, Upload, UploadDir
-from assistant.types import Answer, Channel, Chunk, EventType, Retrieval, StreamEvent, Turn
+from assistant.state.webhook import Webhook
+from assistant.types import (
+    Answer,
+    Channel,
+    Chunk,
+    EventType,
+    Rating,
+    RequestStatus,
+    Retrieval,
+    StreamEvent,
+    Turn,
+)
 from ingest.pipeline import IngestPipeline, IngestReport, Progress
 from ingest.splitter import ChineseSplitter
 
@@ -47,14 +65,52 @@ class IndexStats:
     chunks: int
 
 
+class Retention:
+    """Deletes question-log rows and closed requests older than XIAOYU_LOG_RETENTION_DAYS (0 keeps everything): once
+    at start, then lazily, at most once a day, on a write. Nothing to schedule, and an idle server deletes nothing."""
+
+    DAY = 24 * 3600.0
+
+    def __init__(self, days: int, questions: QuestionLog, requests: RequestStore,
+                 clock: Callable[[], float] = time.time):
+        self.days = days
+        self._questions = questions
+        self._requests = requests
+        self._clock = clock
+        self._last: float | None = None
+        self._lock = threading.Lock()
+
+    def run(self) -> tuple[int, int]:
+        """(question-log rows, closed requests) deleted now."""
+        if not self.days:
+            return 0, 0
+        now = self._clock()
+        self._last = now
+        cutoff = now - self.days * self.DAY
+        deleted = self._questions.purge(cutoff), self._requests.purge_closed(cutoff)
+        if any(deleted):
+            log.info("retention (%d days): deleted %d logged questions and %d closed requests", self.days, *deleted)
+        return deleted
+
+    def maybe_run(self) -> None:
+        if not self.days or (self._last is not None and self._clock() - self._last < self.DAY):
+            return
+        if self._lock.acquire(blocking=False):  # another thread is at it: this write need not wait
+            try:
+                self.run()
+            finally:
+                self._lock.release()
+
+
 class ChatService:
     def __init__(self, pipeline: QuestionPipeline, sessions: SessionStore, questions: QuestionLog,
-                 index_dir: IndexDir, settings: Settings):
+                 index_dir: IndexDir, settings: Settings, retention: Retention | None = None):
         self._pipeline = pipeline
         self._sessions = sessions
         self._questions = questions
         self._index_dir = index_dir
         self._settings = settings
+        self._retention = retention
 
     def check_question(self, question: str) -> str:
         """The question as it will be asked; raises BadQuestion (a 422 at the API) before any work is done."""
@@ -101,13 +157,16 @@ class ChatService:
         plan, retrieval, events = self._pipeline.stream(question, history, deadline)
         for event in events:
             if event.type is EventType.DONE and event.answer is not None:
-                answer = replace(event.answer, session_id=session_id)
+                # Random, not the row number: feedback names an answer, and nobody can rate the answers of others.
+                answer = replace(event.answer, session_id=session_id, answer_id=secrets.token_urlsafe(12))
                 if key:
                     # Only the lead of a long answer is kept: condensation needs the topic, not every provision.
                     self._sessions.append(key, Turn("user", plan.question), Turn("assistant", answer.text[:300]))
                 self._questions.record(channel, user or session_id, plan.question, answer,
                                        (time.perf_counter() - started) * 1000,
                                        retrieval.evidence if retrieval else None)
+                if self._retention is not None:
+                    self._retention.maybe_run()
                 event = replace(event, answer=answer)
             yield event
 
@@ -248,20 +307,182 @@ class KnowledgeBase:
 
 
 class StaffViews:
-    """Staff reads: the question log (questions, answers, evidence), newest first."""
+    """Staff reads: the question log (questions, answers, evidence), newest first; the 高频诉求 report."""
 
-    def __init__(self, questions: QuestionLog, settings: Settings):
+    def __init__(self, questions: QuestionLog, settings: Settings, embedder: Embedder, tokenizer: JiebaTokenizer):
         self._questions = questions
         self._settings = settings
+        # A cache of its own: a report re-reads the same questions, and must not evict the residents' hot queries.
+        self._embedder = QueryCache(embedder, size=4096)
+        self._tokenizer = tokenizer
+
+    def topics(self, days: int = 7, now: float | None = None) -> list[Topic]:
+        """Residents' questions of the last `days` days (evals left out) grouped by meaning, most asked first; each
+        topic carries its counts per ISO week of the window, for a chart."""
+        if days < 1:
+            raise ValueError(f"days ({days}) must be >= 1")
+        until = time.time() if now is None else now
+        since = until - days * 86400
+        asked = self._questions.asked(since, until, exclude_channels=(Channel.EVAL,))
+        return group_topics(asked, self._embedder.embed_query, self._tokenizer.tokens, iso_weeks(since, until))
 
     def questions(self, query: QuestionQuery = QuestionQuery()) -> list[LoggedQuestion]:
-        return self._questions.recent(query)
+        """Phone, ID-card and plate numbers masked, as in everything staff read (state/privacy.py)."""
+        return [masked_question(q) for q in self._questions.recent(query)]
 
     def question(self, question_id: int) -> LoggedQuestion:
         found = self._questions.get(question_id)
         if found is None:
             raise NotFound(f"问题记录 {question_id} 不存在")
+        return masked_question(found)
+
+
+# Lone surrogates (JSON lets a client send "\ud800", which SQLite can't store) and control characters but \t \n \r.
+_UNSTORABLE = re.compile(r"[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Every id the server hands out (token_urlsafe): anything else names nothing, and is not looked up.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def _text(value: str | None) -> str:
+    return _UNSTORABLE.sub("", value or "").strip()
+
+
+def _is_token(value: str | None) -> bool:
+    return bool(value) and _TOKEN.fullmatch(value) is not None
+
+
+def masked_question(q: LoggedQuestion) -> LoggedQuestion:
+    return replace(q, question=mask(q.question), query=mask(q.query), answer=mask(q.answer), comment=mask(q.comment))
+
+
+class RequestDesk:
+    """The loop back from residents: 👍/👎 on an answer, and hand-offs to a person (转人工 / 留言) with the
+    conversation that led to them; for staff, the queue (personal numbers masked), a request in full, and replies.
+
+    A web request is opened from a session the server issued, and read back only by presenting that session id;
+    WeChat's keys ("wechat:<openid>") come from the bridge, as in ChatService."""
+
+    MAX_COMMENT = 500
+    MAX_MESSAGE = 1000
+    MAX_CONTACT = 100
+    MAX_REPLY = 2000
+
+    def __init__(self, requests: RequestStore, sessions: SessionStore, questions: QuestionLog,
+                 retention: Retention | None = None, webhook: Webhook | None = None):
+        self._requests = requests
+        self._sessions = sessions
+        self._questions = questions
+        self._retention = retention
+        self._webhook = webhook
+        self._listeners: list[Callable[[HelpRequest], None]] = []
+
+    # ---- residents ---------------------------------------------------------------------------------------------
+    def rate(self, answer_id: str, rating: Rating | str, comment: str = "") -> None:
+        """Rate an answer (a second rating replaces the first); NotFound for an id no answer was given."""
+        comment = _text(comment)
+        if len(comment) > self.MAX_COMMENT:
+            raise BadQuestion(f"意见太长了：最多 {self.MAX_COMMENT} 字。")
+        if not _is_token(answer_id) or not self._questions.rate(answer_id, Rating(rating).value, comment):
+            raise NotFound("找不到这个回答，无法评价（可能已超过保存期限）。")
+        self._tidy()
+
+    def open(self, session_id: str, message: str, contact: str = "", answer_id: str | None = None,
+             channel: Channel = Channel.WEB) -> HelpRequest:
+        """Open a request for a person, keeping the session's conversation with it; the webhook hears of it."""
+        message, contact = _text(message), _text(contact)
+        answer_id = answer_id if _is_token(answer_id) else None
+        if not message:
+            raise BadQuestion("请写下您想留言的内容。")
+        if len(message) > self.MAX_MESSAGE:
+            raise BadQuestion(f"留言太长了：最多 {self.MAX_MESSAGE} 字。")
+        if len(contact) > self.MAX_CONTACT:
+            raise BadQuestion(f"联系方式太长了：最多 {self.MAX_CONTACT} 字。")
+        key = self._key(session_id, channel)
+        if channel is not Channel.WECHAT and not (_is_token(session_id) and self._sessions.is_issued(key)):
+            raise NotFound("找不到这个对话（可能已过期）：请先向小玉提一个问题，再转人工或留言。")
+        request = self._requests.add(channel.value, key, message, contact, self._sessions.history(key), answer_id)
+        if self._webhook is not None:
+            self._webhook.send("request.opened", _request_payload(request))
+        self._tidy()
+        return request
+
+    def status(self, request_id: str, session_id: str, channel: Channel = Channel.WEB) -> HelpRequest:
+        """The request as its resident sees it; NotFound for an unknown id and for any other session alike."""
+        presentable = _is_token(request_id) and (channel is Channel.WECHAT or _is_token(session_id))
+        found = self._requests.owned(request_id, self._key(session_id, channel)) if presentable else None
+        if found is None:
+            raise NotFound("找不到这条留言。")
         return found
+
+    def take_replies(self, session_key: str) -> list[HelpRequest]:
+        """Staff replies not yet given to this (WeChat) resident, now marked as given."""
+        return [r for r in self._requests.undelivered(session_key) if self._requests.mark_delivered(r.id, r.updated_at)]
+
+    def delivered(self, request: HelpRequest) -> bool:
+        """Mark a reply as given (pushed); False if it was given already or staff have written a newer one."""
+        return self._requests.mark_delivered(request.id, request.updated_at)
+
+    def on_reply(self, listener: Callable[[HelpRequest], None]) -> None:
+        """Call `listener(request)` after each staff reply (the WeChat bridge pushes it when it can)."""
+        self._listeners.append(listener)
+
+    # ---- staff -------------------------------------------------------------------------------------------------
+    def queue(self, status: RequestStatus | None = None, limit: int = 200) -> list[HelpRequest]:
+        """Oldest first, with message, contact and conversation masked: a list is read on a shared screen."""
+        return [_masked(r) for r in self._requests.queue(status, limit)]
+
+    def detail(self, request_id: str) -> HelpRequest:
+        """One request with its contact and message in full (the conversation stays masked, like the log)."""
+        found = self._requests.get(request_id) if _is_token(request_id) else None
+        if found is None:
+            raise NotFound(f"留言 {_text(request_id)[:64]} 不存在")
+        return replace(found, history=_masked(found).history)
+
+    def answer_of(self, request: HelpRequest) -> LoggedQuestion | None:
+        """The logged answer the request was opened from, if it names one (masked)."""
+        found = self._questions.by_answer(request.answer_id) if request.answer_id else None
+        return masked_question(found) if found else None
+
+    def reply(self, request_id: str, reply: str, status: RequestStatus | str = RequestStatus.ANSWERED) -> HelpRequest:
+        """Answer or close a request. Closing without new text keeps the earlier reply."""
+        status = RequestStatus(status)
+        reply = _text(reply)
+        if status is RequestStatus.OPEN:
+            raise BadQuestion("答复后的状态只能是 answered（已答复）或 closed（已关闭）。")
+        if len(reply) > self.MAX_REPLY:
+            raise BadQuestion(f"答复太长了：最多 {self.MAX_REPLY} 字。")
+        current = self.detail(request_id)
+        if not reply and status is RequestStatus.ANSWERED:
+            raise BadQuestion("请填写答复内容。")
+        updated = self._requests.reply(request_id, reply or current.reply, status)
+        if updated is None:  # deleted a moment ago
+            raise NotFound(f"留言 {request_id} 不存在")
+        for listener in self._listeners:
+            try:
+                listener(updated)
+            except Exception:  # a failed push must not fail the staff member's reply; the next message delivers it
+                log.exception("reply listener failed for request %s", request_id)
+        self._tidy()
+        return replace(updated, history=_masked(updated).history)
+
+    def _key(self, session_id: str, channel: Channel) -> str:
+        return session_id if channel is Channel.WECHAT else _web_key(session_id)
+
+    def _tidy(self) -> None:
+        if self._retention is not None:
+            self._retention.maybe_run()
+
+
+def _masked(r: HelpRequest) -> HelpRequest:
+    return replace(r, message=mask(r.message), contact=mask(r.contact),
+                   history=tuple(Turn(t.role, mask(t.content)) for t in r.history))
+
+
+def _request_payload(r: HelpRequest) -> dict:
+    """What the webhook receives: the request in full (the receiver is the office's own system)."""
+    return {"id": r.id, "channel": r.channel, "status": r.status.value, "message": r.message, "contact": r.contact,
+            "answer_id": r.answer_id, "created_at": r.created_at,
+            "history": [{"role": t.role, "content": t.content} for t in r.history]}
 
 
 @dataclass(frozen=True)
@@ -272,6 +493,7 @@ class Services:
     chat: ChatService
     knowledge: KnowledgeBase
     staff: StaffViews
+    desk: RequestDesk
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -301,8 +523,10 @@ def load_answerability(settings: Settings, embedder: Embedder) -> AnswerabilityM
     return model
 
 
-def build_services(settings: Settings, embedder: Embedder | None = None) -> Services:
-    """Wire every collaborator. `embedder` lets tests and benchmarks share one loaded model."""
+def build_services(settings: Settings, embedder: Embedder | None = None,
+                   clock: Callable[[], float] = time.time) -> Services:
+    """Wire every collaborator. `embedder` lets tests and benchmarks share one loaded model; `clock` (unix seconds)
+    dates the question log and requests, so that a test can age them past the retention period."""
     embedder = embedder or build_embedder(settings)
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -338,8 +562,15 @@ def build_services(settings: Settings, embedder: Embedder | None = None) -> Serv
                                 load_answerability(settings, embedder))
     sessions = SessionStore(data_dir / "sessions.sqlite3", 2 * settings.max_history_turns,
                             settings.session_ttl_hours * 3600)
-    questions = QuestionLog(data_dir / "questions.sqlite3", install_secret(data_dir))
+    questions = QuestionLog(data_dir / "questions.sqlite3", install_secret(data_dir), clock)
+    requests = RequestStore(data_dir / "requests.sqlite3", clock)
+    retention = Retention(settings.staff.log_retention_days, questions, requests, clock)
+    retention.run()
+    hook = settings.requests
+    webhook = Webhook(hook.webhook_url, hook.webhook_secret.get_secret_value(), hook.webhook_attempts,
+                      hook.webhook_backoff, hook.webhook_timeout) if hook.webhook_url.strip() else None
     uploads = UploadDir(data_dir / "uploads", int(settings.staff.max_upload_mb * 1_000_000))
-    return Services(settings, ChatService(pipeline, sessions, questions, index_dir, settings),
+    return Services(settings, ChatService(pipeline, sessions, questions, index_dir, settings, retention),
                     KnowledgeBase(ingest, retriever, uploads, settings.knowledge_base),
-                    StaffViews(questions, settings))
+                    StaffViews(questions, settings, embedder, tokenizer),
+                    desk=RequestDesk(requests, sessions, questions, retention, webhook))

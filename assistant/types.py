@@ -45,6 +45,21 @@ class TurnKind(StrEnum):
     INJECTION = "injection"  # tries to change the rules: refused, nothing retrieved
 
 
+class Rating(StrEnum):
+    """A resident's 👍 / 👎 on one answer (the widget's buttons, WeChat's 有用 / 没用)."""
+
+    UP = "up"
+    DOWN = "down"
+
+
+class RequestStatus(StrEnum):
+    """A hand-off to a person (转人工 / 留言): open until staff reply (answered) or close it."""
+
+    OPEN = "open"
+    ANSWERED = "answered"
+    CLOSED = "closed"
+
+
 class EventType(StrEnum):
     CITATIONS = "citations"
     DELTA = "delta"
@@ -164,6 +179,7 @@ class Answer:
     mode: ComposeMode = ComposeMode.EXTRACTIVE
     notes: tuple[str, ...] = field(default=())
     session_id: str | None = None  # the server-issued session this turn joined (set by ChatService)
+    answer_id: str | None = None  # names this answer in the question log, for feedback and hand-offs (ChatService)
 
     @property
     def refused(self) -> bool:

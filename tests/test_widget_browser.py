@@ -1,5 +1,6 @@
 """The widget in a real headless Chromium (Debian's package, driven by Playwright) against real uvicorn servers on
-127.0.0.1: the demo page, a narrow phone screen, another site embedding the widget, and markup that must stay text.
+127.0.0.1: the demo page, a narrow phone screen, another site embedding the widget, markup that must stay text, and
+the feedback loop (👎, 转人工 / 留言, the staff reply seen on coming back).
 Screenshots for the README are written to docs/widget.png and docs/widget-phone.png."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import re
 import shutil
 import textwrap
 
+import httpx
 import pytest
 
 from assistant.api import create_app
@@ -256,6 +258,76 @@ def test_phone_width_panel_fills_the_screen(browser, base_url):
     expect(w["panel"]).to_be_hidden()
     expect(w["bubble"]).to_be_visible()
     context.close()
+
+
+# ---- feedback and hand-off ---------------------------------------------------------------------------------------
+ADMIN_TOKEN = "browser-admin-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def staff_url(service, live_server):
+    """The demo page on a server whose admin API is on: staff answer through it while the resident is away."""
+    settings = service.settings.model_copy(update={"web": WebSettings(rate_limit_per_minute=0),
+                                                   "staff": StaffSettings(console_enabled=False,
+                                                                          admin_token=ADMIN_TOKEN)})
+    with live_server(create_app(settings, service)) as url:
+        yield url
+
+
+def test_resident_rates_an_answer_down_hands_off_and_sees_the_staff_reply_on_coming_back(browser, staff_url):
+    question = "调解协议怎么申请司法确认？"
+    page = browser.new_page(viewport={"width": 1280, "height": 820}, locale="zh-CN")
+    page.goto(f"{staff_url}/")
+    w = _widget(page)
+    w["bubble"].click()
+    answer = _ask(page, question)
+
+    down = answer.get_by_role("button", name="没帮助")
+    with page.expect_response(lambda r: r.url.endswith("/api/feedback")) as rated:
+        down.click()
+    assert rated.value.status == 201
+    expect(down).to_have_attribute("aria-pressed", "true")
+    answer.get_by_role("textbox", name="哪里不满意（选填）").fill("没说要准备哪些材料")
+    with page.expect_response(lambda r: r.url.endswith("/api/feedback")):
+        answer.get_by_role("button", name="提交意见").click()
+    expect(answer.get_by_role("status")).to_have_text("已收到，我们会改进。")
+
+    answer.get_by_role("button", name="转人工 / 留言").click()  # offered with the 👎
+    expect(page.locator("#xiaoyu-widget .xy-handoff")).to_be_visible()
+    expect(page.get_by_role("textbox", name="留言内容")).to_be_focused()
+    page.get_by_role("textbox", name="留言内容").fill("想当面问问司法确认要带什么")
+    page.get_by_role("textbox", name="联系方式（选填）").fill("王女士 13812345678")
+    with page.expect_response(lambda r: r.url.endswith("/api/requests")) as opened:
+        page.get_by_role("button", name="提交留言").click()
+    assert opened.value.status == 201
+    request_id = opened.value.json()["id"]
+    card = page.locator("#xiaoyu-widget .xy-request")
+    expect(card).to_contain_text(f"您的留言（编号 {request_id}）：已提交，等待工作人员处理")
+    expect(page.locator("#xiaoyu-widget .xy-handoff")).to_be_hidden()
+
+    # Staff, through the admin API: the queue masks the phone, the request itself has it, and the conversation.
+    with httpx.Client(base_url=staff_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as staff:
+        listed = next(r for r in staff.get("/admin/requests", params={"status": "open"}).json() if r["id"] == request_id)
+        assert listed["contact"] == "王女士 138****5678"
+        detail = staff.get(f"/admin/requests/{request_id}").json()
+        assert detail["contact"] == "王女士 13812345678" and detail["question"] == question
+        assert detail["history"][0] == {"role": "user", "content": question}
+        logged = next(q for q in staff.get("/admin/questions").json() if q["answer_id"] == detail["answer_id"])
+        assert (logged["rating"], logged["comment"]) == ("down", "没说要准备哪些材料")
+        r = staff.post(f"/admin/requests/{request_id}/reply",
+                       json={"reply": "请带上调解协议书和双方身份证，到基层人民法院申请。", "status": "answered"})
+        assert r.status_code == 200
+
+    page.reload()  # the resident comes back later, in the same browser
+    with page.expect_response(lambda r: f"/api/requests/{request_id}?session_id=" in r.url):
+        w["bubble"].click()
+    expect(card).to_contain_text("工作人员已答复")
+    expect(card).to_contain_text("工作人员答复：请带上调解协议书和双方身份证，到基层人民法院申请。")
+    expect(w["answers"].last.get_by_role("button", name="没帮助")).to_have_attribute("aria-pressed", "true")
+
+    refused = _ask(page, "今天股市行情怎么样，推荐一只股票")  # a refusal offers 转人工 too
+    expect(refused.get_by_role("button", name="转人工 / 留言")).to_be_visible()
+    page.close()
 
 
 # ---- embedded on another site ----------------------------------------------------------------------------

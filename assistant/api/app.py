@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from assistant.api.middleware import AdminGuard, BodyLimit, LoginGuard
-from assistant.api.routes import admin, chat, health, openai_compat, web
+from assistant.api.routes import admin, chat, health, openai_compat, requests, web
 from assistant.api.routes import wechat as wechat_routes
 from assistant.config import Settings, get_settings
 from assistant.errors import XiaoyuError
@@ -22,7 +22,8 @@ from assistant.state.ratelimit import LoginThrottle
 log = logging.getLogger("xiaoyu")
 
 _FIELD_NAMES = {"question": "问题", "query": "查询", "history": "对话历史", "top_k": "top_k", "role": "角色",
-                "content": "内容", "session_id": "会话 ID"}
+                "content": "内容", "session_id": "会话 ID", "answer_id": "回答 ID", "rating": "评价", "comment": "意见",
+                "message": "留言", "contact": "联系方式", "reply": "答复", "status": "状态"}
 
 
 def _chinese_validation_message(exc: RequestValidationError) -> str:
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     app.include_router(health.router)
     app.include_router(chat.router)
+    app.include_router(requests.router)
     app.include_router(admin.router)
     app.include_router(wechat_routes.router)
     app.include_router(openai_compat.router)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from assistant.services import ChatService, KnowledgeBase, Services, StaffViews
+from assistant.services import ChatService, KnowledgeBase, RequestDesk, Services, StaffViews
 
 
 def get_services(request: Request) -> Services:
@@ -25,7 +25,12 @@ def get_staff(request: Request) -> StaffViews:
     return request.app.state.services.staff
 
 
+def get_desk(request: Request) -> RequestDesk:
+    return request.app.state.services.desk
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 ChatDep = Annotated[ChatService, Depends(get_chat)]
 KnowledgeDep = Annotated[KnowledgeBase, Depends(get_knowledge)]
 StaffDep = Annotated[StaffViews, Depends(get_staff)]
+DeskDep = Annotated[RequestDesk, Depends(get_desk)]

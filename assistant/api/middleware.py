@@ -17,10 +17,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from assistant.state.accounts import token_matches
 from assistant.state.ratelimit import LoginThrottle, RateLimiter
 
-# Endpoints that answer a question: each POST costs a retrieval, so each one counts against the limit.
-QUESTION_PATHS = frozenset({"/api/chat", "/api/chat/stream", "/api/retrieve", "/v1/chat/completions"})
+# Endpoints that answer a question: each POST costs a retrieval, so each one counts against the limit. So does
+# opening a hand-off request: each one reaches staff (and the webhook), and a script must not flood their queue.
+QUESTION_PATHS = frozenset({"/api/chat", "/api/chat/stream", "/api/retrieve", "/v1/chat/completions", "/api/requests"})
 # Endpoints a browser page may call; other routes (admin, console, WeChat) keep their own protection.
-GUARDED_PREFIXES = ("/api/chat", "/api/retrieve", "/v1/")
+GUARDED_PREFIXES = ("/api/chat", "/api/retrieve", "/v1/", "/api/feedback", "/api/requests")
 
 
 class OriginPolicy:

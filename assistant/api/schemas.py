@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from assistant.state.requests import HelpRequest
 from assistant.types import Answer, Citation, ScoredChunk, Turn
 
 
@@ -84,8 +85,90 @@ class ChatResponse(BaseModel):
     query: str = ""
     session_id: str | None = Field(None, description="send it with the next question to continue this conversation")
     kind: Literal["answered", "refused", "smalltalk"] = "answered"
+    answer_id: str | None = Field(None, description="names this answer for POST /api/feedback and /api/requests")
 
     @classmethod
     def of(cls, answer: Answer) -> ChatResponse:
         return cls(answer=answer.text, refused=answer.refused, citations=[CitationOut.of(c) for c in answer.citations],
-                   query=answer.query, session_id=answer.session_id, kind=answer.kind.value)
+                   query=answer.query, session_id=answer.session_id, kind=answer.kind.value,
+                   answer_id=answer.answer_id)
+
+
+# ---- feedback and hand-offs (转人工 / 留言) ------------------------------------------------------------------
+class FeedbackIn(BaseModel):
+    answer_id: str = Field(max_length=64)
+    rating: Literal["up", "down"]
+    comment: str = Field("", max_length=500)
+
+
+class FeedbackOut(BaseModel):
+    answer_id: str
+    rating: Literal["up", "down"]
+
+
+class RequestIn(BaseModel):
+    session_id: str = Field(max_length=128)
+    answer_id: str | None = Field(None, max_length=64)
+    message: str = Field(min_length=1, max_length=1000)
+    contact: str = Field("", max_length=100)
+
+
+class RequestOpened(BaseModel):
+    id: str
+    status: Literal["open", "answered", "closed"]
+
+
+class RequestStatusOut(BaseModel):
+    """What the resident sees of their request."""
+
+    id: str
+    status: Literal["open", "answered", "closed"]
+    reply: str | None = None
+    updated_at: float
+
+    @classmethod
+    def of(cls, r: HelpRequest) -> RequestStatusOut:
+        return cls(id=r.id, status=r.status.value, reply=r.reply or None, updated_at=r.updated_at)
+
+
+class TurnOut(BaseModel):
+    role: str
+    content: str
+
+
+class RequestListed(BaseModel):
+    """A request in the staff queue: message and contact masked."""
+
+    id: str
+    created_at: float
+    updated_at: float
+    channel: str
+    status: Literal["open", "answered", "closed"]
+    message: str
+    contact: str
+    reply: str
+    answer_id: str | None
+
+    @classmethod
+    def of(cls, r: HelpRequest) -> RequestListed:
+        return cls(id=r.id, created_at=r.created_at, updated_at=r.updated_at, channel=r.channel, status=r.status.value,
+                   message=r.message, contact=r.contact, reply=r.reply, answer_id=r.answer_id)
+
+
+class RequestDetail(RequestListed):
+    """One request for staff: contact in full, and the conversation that led to it."""
+
+    history: list[TurnOut]
+    question: str | None = None  # the logged question and answer the request was opened from, if any
+    answer: str | None = None
+
+    @classmethod
+    def of(cls, r: HelpRequest, question: str | None = None, answer: str | None = None) -> RequestDetail:
+        return cls(**RequestListed.of(r).model_dump(), history=[TurnOut(role=t.role, content=t.content)
+                                                                 for t in r.history],
+                   question=question, answer=answer)
+
+
+class ReplyIn(BaseModel):
+    reply: str = Field("", max_length=2000)
+    status: Literal["answered", "closed"] = "answered"

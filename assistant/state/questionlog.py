@@ -9,11 +9,12 @@ import os
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from assistant.state.sqlite import SQLiteFile
-from assistant.types import Answer, Evidence
+from assistant.types import Answer, ComposeMode, Evidence
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS questions (
@@ -37,6 +38,10 @@ _ADDED_COLUMNS = {
     "dense_top": "REAL",  # retrieval evidence behind the answer (NULL when nothing was retrieved)
     "overlap": "REAL",
     "evidence": "TEXT NOT NULL DEFAULT ''",  # the evidence reason, e.g. "证据不足：语义相似度 0.78 …"
+    "answer_id": "TEXT",  # the random id the resident's client got with the answer (feedback names it)
+    "rating": "TEXT",  # "up" | "down" | NULL (not rated); a second rating replaces the first
+    "comment": "TEXT NOT NULL DEFAULT ''",  # the resident's reason, with a 👎
+    "rated_at": "REAL",
 }
 
 
@@ -57,6 +62,10 @@ class LoggedQuestion:
     dense_top: float | None = None
     overlap: float | None = None
     evidence: str = ""
+    answer_id: str | None = None
+    rating: str | None = None
+    comment: str = ""
+    rated_at: float | None = None
 
 
 SECRET_FILE = "install-secret"
@@ -93,10 +102,23 @@ class QuestionQuery:
     contains: str = ""  # a substring of the question
 
 
+@dataclass(frozen=True)
+class AskedQuestion:
+    """One logged question as the topics report reads it: what was asked, when, and how it went."""
+
+    id: int
+    ts: float
+    channel: str
+    question: str
+    refused: bool
+    down_voted: bool = False  # the resident rated the answer 👎
+
+
 class QuestionLog:
-    def __init__(self, path: Path, salt: str):
+    def __init__(self, path: Path, salt: str, clock: Callable[[], float] = time.time):
         self._db = SQLiteFile(path, _SCHEMA)
         self._salt = salt
+        self._clock = clock
         self._migrate()
 
     def _migrate(self) -> None:
@@ -109,6 +131,8 @@ class QuestionLog:
                     except sqlite3.OperationalError as exc:  # another process added it a moment ago
                         if "duplicate column" not in str(exc):
                             raise
+            # After the columns: an old file gets its answer_id column first.
+            db.execute("CREATE UNIQUE INDEX IF NOT EXISTS questions_by_answer ON questions(answer_id)")
 
     def hash_user(self, user: str | None) -> str:
         if not user:
@@ -122,13 +146,31 @@ class QuestionLog:
         with self._db.connect() as db:
             cur = db.execute(
                 "INSERT INTO questions (ts, channel, user_hash, question, query, answer, refused, mode, citations,"
-                " latency_ms, notes, dense_top, overlap, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), channel, self.hash_user(user), question, answer.query, answer.text, int(answer.refused),
+                " latency_ms, notes, dense_top, overlap, evidence, answer_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (self._clock(), channel, self.hash_user(user), question, answer.query, answer.text, int(answer.refused),
                  answer.mode, json.dumps(citations, ensure_ascii=False), latency_ms, "; ".join(answer.notes),
                  evidence.dense_top if evidence else None, evidence.overlap if evidence else None,
-                 evidence.reason if evidence else ""),
+                 evidence.reason if evidence else "", answer.answer_id),
             )
             return int(cur.lastrowid)
+
+    def rate(self, answer_id: str, rating: str, comment: str = "") -> bool:
+        """Store (or replace) the rating of an answer; False when no logged answer has this id."""
+        with self._db.connect() as db:
+            cur = db.execute("UPDATE questions SET rating = ?, comment = ?, rated_at = ? WHERE answer_id = ?",
+                             (rating, comment, self._clock(), answer_id))
+            return cur.rowcount == 1
+
+    def by_answer(self, answer_id: str) -> LoggedQuestion | None:
+        with self._db.connect() as db:
+            row = db.execute("SELECT * FROM questions WHERE answer_id = ?", (answer_id,)).fetchone()
+        return _logged(row) if row else None
+
+    def purge(self, before: float) -> int:
+        """Delete the rows logged before `before` (unix seconds): the retention period. Returns how many."""
+        with self._db.connect() as db:
+            return db.execute("DELETE FROM questions WHERE ts < ?", (before,)).rowcount
 
     def recent(self, query: QuestionQuery = QuestionQuery()) -> list[LoggedQuestion]:
         """Newest first."""
@@ -160,6 +202,20 @@ class QuestionLog:
         with self._db.connect() as db:
             row = db.execute("SELECT * FROM questions WHERE id = ?", (question_id,)).fetchone()
         return _logged(row) if row else None
+
+    def asked(self, since: float, until: float, exclude_channels: tuple[str, ...] = ()) -> list[AskedQuestion]:
+        """Questions logged from `since` to `until` (unix seconds, both included), oldest first, small talk (你好,
+        谢谢) left out. A log without the rating column (written before feedback existed) reads as having no 👎."""
+        with self._db.connect() as db:
+            have = {row["name"] for row in db.execute("PRAGMA table_info(questions)")}
+            down = "rating = 'down'" if "rating" in have else "0"
+            where = ["ts >= ?", "ts <= ?", f"NOT (mode = '{ComposeMode.TEMPLATE}' AND refused = 0)"]
+            if exclude_channels:
+                where.append(f"channel NOT IN ({', '.join('?' * len(exclude_channels))})")
+            rows = db.execute(f"SELECT id, ts, channel, question, refused, {down} AS down_voted FROM questions"
+                              f" WHERE {' AND '.join(where)} ORDER BY ts, id", (since, until, *exclude_channels)).fetchall()
+        return [AskedQuestion(r["id"], r["ts"], r["channel"], r["question"], bool(r["refused"]), bool(r["down_voted"]))
+                for r in rows]
 
 
 def _logged(row: sqlite3.Row) -> LoggedQuestion:

@@ -8,6 +8,8 @@ answered the resident sees "该公众号暂时无法提供服务". So:
   (the retry then takes the answer from the job);
 - the last request replies a placeholder, and the answer follows through the customer-service API (with an
   AppSecret) or on the resident's next message.
+Right after an answer, "有用" / "没用" rate it; "转人工 …" hands the conversation to staff, whose reply is pushed
+(with an AppSecret) or comes with the resident's next message.
 Answers run in a bounded thread pool; the event loop only awaits."""
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from dataclasses import dataclass, field
 
 from assistant.config import WeChatSettings
 from assistant.errors import XiaoyuError
-from assistant.services import ChatService
-from assistant.types import Channel
+from assistant.services import ChatService, RequestDesk
+from assistant.state.requests import HelpRequest
+from assistant.types import Channel, Rating
 from assistant.wechat import format as fmt
 from assistant.wechat.messages import Incoming
 
@@ -32,12 +35,15 @@ log = logging.getLogger("xiaoyu.wechat")
 
 RESET = "重新开始"
 CONTINUE = "继续"
+RATINGS = {"有用": Rating.UP, "没用": Rating.DOWN}
+HANDOFF = "转人工"
 # Retries of one message arrive within ~15 s; a job is kept well past that to recognise a late duplicate.
 _JOB_TTL = 300.0
 # Undelivered answers and "继续" pages wait this long for the resident to come back.
 _PENDING_TTL = 24 * 3600.0
 _TRAILING = " \t\r\n。.！!？?~～"
 _STRIPES = 64  # locks that serialise each resident's questions (a bounded set, shared by hash)
+_MAX_ANSWERED = 100_000  # residents whose last answer 有用 / 没用 can still rate
 
 
 @dataclass(eq=False)
@@ -69,9 +75,12 @@ class WeChatBridge:
         settings: WeChatSettings,
         pool: ThreadPoolExecutor,
         push: Callable[[str, str], object] | None = None,
+        desk: RequestDesk | None = None,
     ):
-        """`push(openid, text)` sends a customer-service message; None when no AppSecret is configured."""
+        """`push(openid, text)` sends a customer-service message; None when no AppSecret is configured. `desk` takes
+        ratings and hand-offs (without it, 有用 / 没用 / 转人工 are asked as questions)."""
         self.service = service
+        self.desk = desk
         self.settings = settings
         self._pool = pool
         self._push = push
@@ -83,6 +92,9 @@ class WeChatBridge:
         self._late: dict[str, list[_Job]] = {}
         self._more: dict[str, tuple[list[str], float]] = {}  # openid -> pages left for "继续", when stored
         self._resident_locks = [threading.Lock() for _ in range(_STRIPES)]
+        self._answered: dict[str, str] = {}  # openid -> answer_id of the last answer: what 有用 / 没用 rate
+        if desk is not None and push is not None:
+            desk.on_reply(self._on_staff_reply)
 
     async def reply(self, msg: Incoming) -> str | None:
         """The passive reply's text, or None for "nothing to say" (the route answers "success")."""
@@ -122,6 +134,7 @@ class WeChatBridge:
         if command == RESET:
             self._late.pop(openid, None)
             self._more.pop(openid, None)
+            self._answered.pop(openid, None)
             return self._submit(openid, text, self._reset, openid, paginate=False)
         if command == CONTINUE:
             return _Job(openid, text, _done(self._next_page(openid)), paginate=False)
@@ -136,6 +149,13 @@ class WeChatBridge:
                 for j in ready
             )
             return _Job(openid, msg.text, _done(text))
+        if self.desk is not None:
+            if command in RATINGS and openid in self._answered:
+                return self._submit(openid, text, self._rate, openid, self._answered[openid], RATINGS[command],
+                                    paginate=False)
+            if text.startswith(HANDOFF):
+                note = text[len(HANDOFF):].strip(" \t\r\n:：,，。")
+                return self._submit(openid, text, self._handoff, openid, note, self._answered.get(openid))
         if self._push is None and any(j.deferred for j in late):
             # Told to "reply any text" for the answer: this is that reply, not a new question.
             return _Job(openid, text, _done(fmt.STILL_WORKING), paginate=False)
@@ -171,7 +191,56 @@ class WeChatBridge:
     def _answer(self, question: str, openid: str) -> str:
         with self._resident(openid):
             answer = self.service.ask(question, session_id=session_id(openid), channel=Channel.WECHAT, user=openid)
-        return fmt.format_answer(answer)
+        with self._lock:
+            if answer.answer_id:
+                self._answered.pop(openid, None)  # re-inserted last: the oldest resident is forgotten first
+                self._answered[openid] = answer.answer_id
+                if len(self._answered) > _MAX_ANSWERED:
+                    del self._answered[next(iter(self._answered))]
+        return self._with_staff_replies(openid, fmt.format_answer(answer))
+
+    def _rate(self, openid: str, answer_id: str, rating: Rating) -> str:
+        self.desk.rate(answer_id, rating)  # type: ignore[union-attr]
+        return self._with_staff_replies(openid, fmt.RATED_UP if rating is Rating.UP else fmt.RATED_DOWN)
+
+    def _handoff(self, openid: str, note: str, answer_id: str | None) -> str:
+        with self._resident(openid):  # after any question of theirs still being answered: it joins the history
+            request = self.desk.open(session_id(openid), note or fmt.HANDOFF_NO_NOTE,  # type: ignore[union-attr]
+                                     answer_id=answer_id, channel=Channel.WECHAT)
+        opened = fmt.handoff_opened(request.id, pushed=self._push is not None)
+        return self._with_staff_replies(openid, opened)
+
+    def _with_staff_replies(self, openid: str, text: str) -> str:
+        """Staff replies the resident has not seen yet go first (without an AppSecret this is how they arrive)."""
+        if self.desk is None:
+            return text
+        replies = self.desk.take_replies(session_id(openid))
+        return "\n\n".join([*(fmt.staff_reply(r.reply) for r in replies), text])
+
+    def _on_staff_reply(self, request: HelpRequest) -> None:
+        """(RequestDesk calls this in the staff member's thread.) Push a reply to a WeChat resident from the pool."""
+        if request.channel != Channel.WECHAT or not request.reply or request.delivered:
+            return
+        with self._lock:
+            self._running += 1
+        try:
+            self._pool.submit(self._run, self._push_reply, request)
+        except RuntimeError:  # shutting down: the reply comes with the resident's next message
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
+
+    def _push_reply(self, request: HelpRequest) -> str:
+        openid = request.session_key.removeprefix(session_id(""))
+        text = fmt.staff_reply(request.reply)
+        try:
+            for page in fmt.paginate(text, self.settings.reply_max_bytes):  # all of it: "继续" is for answers
+                self._push(openid, page.removesuffix(f"\n\n{fmt.MORE_HINT}"))  # type: ignore[misc]
+        except Exception:
+            log.exception("客服消息发送失败，工作人员的答复将在用户下一条消息时发送")
+            return ""
+        self.desk.delivered(request)  # type: ignore[union-attr]
+        return text
 
     def _reset(self, openid: str) -> str:
         with self._resident(openid):

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from assistant.config import Settings
-from assistant.services import ChatService
+from assistant.services import ChatService, RequestDesk
 from assistant.wechat.bridge import WeChatBridge
 from assistant.wechat.client import CustomServiceClient, TokenStorage
 from assistant.wechat.protocol import WeChatProtocol
@@ -24,7 +24,7 @@ class WeChat:
         self.bridge.close()
 
 
-def build_wechat(settings: Settings, service: ChatService) -> WeChat | None:
+def build_wechat(settings: Settings, service: ChatService, desk: RequestDesk | None = None) -> WeChat | None:
     """None when no token is configured: the /wechat endpoint then says it is not set up."""
     wx = settings.wechat
     if not wx.token:
@@ -54,4 +54,4 @@ def build_wechat(settings: Settings, service: ChatService) -> WeChat | None:
         )
         push = client.send_text
     pool = ThreadPoolExecutor(max_workers=wx.workers, thread_name_prefix="wechat")
-    return WeChat(WeChatProtocol(wx), WeChatBridge(service, wx, pool, push))
+    return WeChat(WeChatProtocol(wx), WeChatBridge(service, wx, pool, push, desk))

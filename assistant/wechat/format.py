@@ -17,6 +17,20 @@ BUSY = "现在咨询的人较多，请一分钟后再发送您的问题。"
 FAILED = "抱歉，查询时出现问题，请稍后重新发送您的问题。"
 HELP = "小玉目前只能阅读文字消息。请用文字（或语音）告诉我您的问题，例如：物业费不交会怎么样？"
 VOICE_UNCLEAR = "抱歉，没有听清这条语音。请再说一遍，或直接发送文字。"
+RATED_UP = "谢谢您的反馈！"
+RATED_DOWN = "抱歉这次没能帮上忙，您的反馈已记下。回复“转人工”加上您的问题和联系方式，工作人员会尽快答复您。"
+HANDOFF_NO_NOTE = "（居民在微信中请求转人工，未留言，请查看对话记录）"
+
+
+def handoff_opened(request_id: str, pushed: bool) -> str:
+    when = "答复会通过本公众号发给您" if pushed else "您下次给小玉发消息时，会一并收到答复"
+    return f"已为您转人工（留言编号 {request_id}）。工作人员会查看您和小玉的对话记录，{when}。"
+
+
+def staff_reply(reply: str) -> str:
+    return f"工作人员回复了您的留言：\n{reply}"
+
+
 # Every example is answered from the demo knowledge base (tests/test_wechat_bridge.py asks each one).
 EXAMPLES = ("物业费不交会怎么样？", "调解协议怎么申请司法确认？", "入党需要什么条件？")
 WELCOME = (

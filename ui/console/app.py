@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -34,6 +36,8 @@ THEME = gr.themes.Soft(primary_hue="red", font=["Noto Sans CJK SC", "PingFang SC
 def build_console(get_services: Callable[[], Services], settings: Settings) -> gr.Blocks:
     """`get_services` is called per event: the app builds its services in its lifespan, after this runs."""
     runs = RunStore(settings.data_dir / "eval-runs")
+    # CSV exports: under the system temp dir, which Gradio serves files from; not the data dir (nothing to keep).
+    exports = Path(tempfile.gettempdir()) / "xiaoyu-exports"
 
     def docs_update():
         services = get_services()
@@ -112,7 +116,7 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
                     contains = gr.Textbox(label="问题包含", scale=2)
                     refresh_log = gr.Button("刷新", scale=1)
                 log = gr.Dataframe(headers=h.LOG_HEADERS, interactive=False, wrap=True, max_height=420,
-                                   column_widths=["6%", "9%", "7%", "30%", "6%", "9%", "18%", "15%"])
+                                   column_widths=["5%", "8%", "6%", "26%", "5%", "7%", "16%", "13%", "5%", "9%"])
                 gr.Markdown("### 加入评测集\n点选上表中的一个问题，选出正确的出处和条文（或标记为应当拒答），加入数据目录里的评测集。")
                 with gr.Row():
                     log_id = gr.Number(label="提问编号", precision=0, interactive=False, scale=1)
@@ -127,6 +131,37 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
                                            allow_custom_value=True, scale=2)
                     add_btn = gr.Button("加入评测集", variant="primary", scale=1)
                 add_status = gr.Markdown()
+
+            # ---- 高频诉求 ---------------------------------------------------------------------------------------
+            with gr.Tab("高频诉求", id="topics"):
+                gr.Markdown("居民最常问的事：按意思归类的提问（语义向量 + 关键词），每类以它的特征词命名，"
+                            "附拒答数和差评（👎）数。评测提问不计。")
+                with gr.Row():
+                    topic_days = gr.Radio(list(h.TOPIC_WINDOWS), value=28, label="时间范围", scale=3)
+                    topic_btn = gr.Button("生成报告", variant="primary", scale=1)
+                    topic_csv = gr.DownloadButton("导出 CSV", visible=False, scale=1)
+                topic_info = gr.Markdown()
+                topic_table = gr.Dataframe(headers=h.TOPIC_HEADERS, interactive=False, wrap=True, max_height=420,
+                                           column_widths=["22%", "8%", "7%", "7%", "56%"])
+                topic_chart = gr.BarPlot(x="周", y="提问数", color="话题", title=f"各周提问数（前 {h.CHART_TOPICS} 个话题）",
+                                         x_title="ISO 周", y_title="提问数", height=320)
+
+            # ---- hand-off requests (转人工 / 留言) --------------------------------------------------------------------
+            with gr.Tab("转人工", id="requests"):
+                gr.Markdown("居民在网页小玉或公众号里“转人工 / 留言”的请求。列表中的电话、证件号已打码；"
+                            "点选一行查看完整联系方式和之前的对话，然后答复或关闭。")
+                with gr.Row():
+                    request_view = gr.Radio(list(h.REQUEST_VIEWS), value="待处理", label="状态", scale=3)
+                    refresh_requests = gr.Button("刷新", scale=1)
+                requests_table = gr.Dataframe(headers=h.REQUEST_HEADERS, interactive=False, wrap=True, max_height=360,
+                                              column_widths=["11%", "9%", "7%", "7%", "30%", "14%", "22%"])
+                request_id = gr.Textbox(label="选中的留言", interactive=False)
+                request_view_html = gr.HTML()
+                with gr.Row():
+                    reply_text = gr.Textbox(label="答复（居民会看到）", lines=3, scale=4)
+                    reply_status = gr.Radio(list(h.REPLY_STATUSES), value="已答复", label="答复后", scale=1)
+                reply_btn = gr.Button("发送答复", variant="primary")
+                reply_result = gr.Markdown()
 
         # ---- wiring -------------------------------------------------------------------------------------------
         def on_load():
@@ -184,6 +219,26 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
         add_btn.click(lambda *a: h.add_to_golden(get_services(), *a),
                       [log_id, set_name, expected_source, expected_section, key_facts, out_of_scope], add_status).then(
             lambda: gr.Dropdown(choices=h.golden_choices(get_services())), outputs=golden)
+
+        def on_topics(days):
+            info, rows, chart, path = h.topics_report(get_services(), days, exports)
+            return info, rows, chart, gr.DownloadButton(value=path, visible=path is not None)
+
+        topic_btn.click(on_topics, topic_days, [topic_info, topic_table, topic_chart, topic_csv])
+        # Hand-off requests: the queue, a request in full, reply or close.
+        console.load(lambda: h.request_rows(get_services(), "待处理"), outputs=requests_table)
+        for trigger in (refresh_requests.click, request_view.change):
+            trigger(lambda v: h.request_rows(get_services(), v), request_view, requests_table)
+
+        def on_request_select(evt: gr.SelectData):
+            rid = evt.row_value[0] if evt.row_value else ""
+            return rid, h.request_detail(get_services(), rid)
+
+        requests_table.select(on_request_select, outputs=[request_id, request_view_html])
+        reply_btn.click(lambda r, t, st: h.reply_request(get_services(), r, t, st), [request_id, reply_text, reply_status],
+                        reply_result).then(
+            lambda r, v: (h.request_detail(get_services(), r), h.request_rows(get_services(), v)),
+            [request_id, request_view], [request_view_html, requests_table])
     return console
 
 

@@ -5,17 +5,21 @@ No Gradio here, so tests call them directly; ui/console/app.py only wires them t
 
 from __future__ import annotations
 
+import csv
 import re
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from html import escape
 from pathlib import Path
 
+import pandas as pd
+
 from assistant.errors import NotFound, XiaoyuError
 from assistant.services import Services
 from assistant.state.questionlog import QuestionQuery
 from assistant.state.uploads import DocMeta
-from assistant.types import Channel, TurnKind
+from assistant.types import Channel, RequestStatus, TurnKind
 from evals.golden import load_golden
 from evals.runner import run_eval
 from ui.console import report
@@ -31,10 +35,13 @@ from ui.console.runs import (
 
 DOC_HEADERS = ["文档", "标题", "分类", "发文机关", "日期", "片段数", "导入时间"]
 HIT_HEADERS = ["排名", "融合分", "词法分 BM25", "语义分 余弦", "词法名次", "语义名次", "文档", "条文"]
-LOG_HEADERS = ["编号", "时间", "渠道", "问题", "拒答", "语义相似度", "检索判断", "引用"]
+LOG_HEADERS = ["编号", "时间", "渠道", "问题", "拒答", "语义相似度", "检索判断", "引用", "评价", "意见"]
 LOG_VIEWS = ("全部", "已拒答", "低置信度")
 MODES = (("混合 hybrid（与对话相同）", "hybrid"), ("仅词法 bm25", "bm25"), ("仅语义 dense", "dense"))
 DEFAULT_STAFF_SET = "员工补充"
+TOPIC_HEADERS = ["话题", "提问数", "拒答", "差评 👎", "示例"]
+TOPIC_WINDOWS = (("近 7 天", 7), ("近 14 天", 14), ("近 4 周", 28), ("近 12 周", 84))
+CHART_TOPICS = 8  # the chart shows the most asked topics; the table and the CSV have them all
 
 
 def ok(text: str) -> str:
@@ -202,7 +209,32 @@ def log_rows(services: Services, view: str, threshold: float, limit: float = 200
                                                   (contains or "").strip()))
     return [[q.id, datetime.fromtimestamp(q.ts).strftime("%m-%d %H:%M"), q.channel, q.question, "是" if q.refused else "否",
              "—" if q.dense_top is None else round(q.dense_top, 3), q.evidence,
-             "；".join(f"{c['source']} {c['section'].rsplit(' > ', 1)[-1]}" for c in q.citations)] for q in rows]
+             "；".join(f"{c['source']} {c['section'].rsplit(' > ', 1)[-1]}" for c in q.citations),
+             _RATINGS.get(q.rating or "", ""), q.comment] for q in rows]
+
+
+# ---- 高频诉求 ------------------------------------------------------------------------------------------------------
+def topics_report(services: Services, days: float, directory: Path) -> tuple[str, list[list], pd.DataFrame, str | None]:
+    """(summary, topic table, weekly chart data, CSV path) of the last `days` days, from one StaffViews.topics call.
+    The CSV (UTF-8 with BOM, so Excel reads the Chinese) goes to a fresh folder under `directory`."""
+    days = int(days)
+    topics = services.staff.topics(days)
+    rows = [[t.label, t.count, t.refused, t.down_votes, " / ".join(t.examples)] for t in topics]
+    chart = pd.DataFrame([{"周": week, "话题": t.label, "提问数": n} for t in topics[:CHART_TOPICS] for week, n in t.weeks],
+                         columns=["周", "话题", "提问数"])
+    if not topics:
+        return f"近 {days} 天没有居民提问。", rows, chart, None
+    directory.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=directory)) / f"高频诉求-近{days}天-{datetime.now():%Y%m%d}.csv"
+    weeks = [w for w, _ in topics[0].weeks]
+    with path.open("w", encoding="utf-8-sig", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow([*TOPIC_HEADERS, *weeks])
+        for t, row in zip(topics, rows, strict=True):
+            out.writerow([*row, *(n for _, n in t.weeks)])
+    asked = sum(t.count for t in topics)
+    return (f"近 {days} 天居民提问 {asked} 条，归为 {len(topics)} 个话题（评测提问不计；示例中的电话、证件号和车牌已打码）。",
+            rows, chart, str(path))
 
 
 def source_choices(services: Services) -> list[tuple[str, str]]:
@@ -261,3 +293,50 @@ def _local_time(iso: str) -> str:
         return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
     except ValueError:
         return iso
+
+
+# ---- hand-off requests (转人工 / 留言) ------------------------------------------------------------------------------
+REQUEST_HEADERS = ["编号", "提交时间", "渠道", "状态", "留言", "联系方式", "答复"]
+REQUEST_VIEWS = {"待处理": RequestStatus.OPEN, "已答复": RequestStatus.ANSWERED, "已关闭": RequestStatus.CLOSED,
+                 "全部": None}
+REPLY_STATUSES = {"已答复": RequestStatus.ANSWERED, "已关闭": RequestStatus.CLOSED}
+_STATUS_NAMES = {RequestStatus.OPEN: "待处理", RequestStatus.ANSWERED: "已答复", RequestStatus.CLOSED: "已关闭"}
+_RATINGS = {"up": "👍", "down": "👎"}
+
+
+def request_rows(services: Services, view: str) -> list[list]:
+    """The queue, oldest first, personal numbers masked (the full contact is in the request's own view)."""
+    return [[r.id, datetime.fromtimestamp(r.created_at).strftime("%m-%d %H:%M"), r.channel, _STATUS_NAMES[r.status],
+             r.message, r.contact, r.reply] for r in services.desk.queue(REQUEST_VIEWS.get(view))]
+
+
+def request_detail(services: Services, request_id: str | None) -> str:
+    """One request: message and contact in full, the answer it was opened from, and the conversation before it."""
+    if not request_id:
+        return "<p>点选上表中的一条留言，查看详情并答复。</p>"
+    try:
+        r = services.desk.detail(request_id)
+    except NotFound as exc:
+        return f"<p>{fail(exc.user_message)}</p>"
+    logged = services.desk.answer_of(r)
+    turns = "".join(f'<p><b>{"居民" if t.role == "user" else "小玉"}：</b></p><pre class="chunk">{escape(t.content)}</pre>'
+                    for t in r.history) or "<p class='muted'>（没有对话记录）</p>"
+    rated = (f"<p><b>针对的回答：</b>{escape(logged.question)}</p><pre class='chunk'>{escape(logged.answer)}</pre>"
+             if logged else "")
+    return (f'<div class="xy-report"><h2>留言 {escape(r.id)}（{_STATUS_NAMES[r.status]}）</h2>'
+            f"<p><b>提交时间：</b>{datetime.fromtimestamp(r.created_at):%Y-%m-%d %H:%M} · <b>渠道：</b>{escape(r.channel)}</p>"
+            f"<p><b>联系方式：</b>{escape(r.contact) or '（未填写）'}</p>"
+            f'<p><b>留言：</b></p><pre class="chunk">{escape(r.message)}</pre>{rated}'
+            f"<details open><summary>之前的对话（{len(r.history) // 2} 轮）</summary>{turns}</details>"
+            + (f'<p><b>已答复：</b></p><pre class="chunk">{escape(r.reply)}</pre>' if r.reply else "") + "</div>")
+
+
+def reply_request(services: Services, request_id: str | None, reply: str, status: str) -> str:
+    if not request_id:
+        return fail("请先在上面的表格里点选一条留言")
+    try:
+        r = services.desk.reply(request_id, reply, REPLY_STATUSES.get(status, RequestStatus.ANSWERED))
+    except XiaoyuError as exc:
+        return fail(exc.user_message)
+    where = "微信居民下次发消息时会收到" if r.channel == Channel.WECHAT else "居民再次打开小玉时会看到"
+    return ok(f"留言 {r.id} 已{_STATUS_NAMES[r.status][1:]}" + (f"：{where}答复" if r.reply else ""))

@@ -40,10 +40,14 @@
     try {
       var saved = JSON.parse(localStorage.getItem(STORE_KEY) || "null");
       if (saved && (saved.sessionId === null || typeof saved.sessionId === "string") &&
-          Array.isArray(saved.messages)) return saved;
+          Array.isArray(saved.messages)) {
+        if (!Array.isArray(saved.requests)) saved.requests = [];
+        return saved;
+      }
     } catch (e) { /* storage blocked or corrupt: start fresh */ }
     // The server issues the session id with the first answer; until then there is none.
-    return { sessionId: null, messages: [] };
+    // requests: the resident's 转人工 / 留言, each read back with the session that opened it.
+    return { sessionId: null, messages: [], requests: [] };
   }
 
   function save() {
@@ -57,6 +61,8 @@
   var busy = false;
   var open = false;
   var lastCiteButton = null;
+  var polled = false; // the requests' status is fetched once per page, when the panel first opens
+  var handoffAnswerId = null; // the answer a 转人工 was offered under, sent with the request
 
   // ---- build the widget in a shadow root, so the host page's CSS can't break it (and ours can't leak) -----
   var host = el("div", { id: "xiaoyu-widget" });
@@ -100,10 +106,28 @@
     el("label", { class: "xy-sr", for: "xy-input", text: "输入您的问题" }), input, sendBtn
   ]);
   var note = el("p", { id: "xy-note", class: "xy-note", text: "回答摘自已收录的政策文件，仅供参考；具体事项请以有关部门答复为准。" });
+  var handoffLink = el("button", { type: "button", class: "xy-link", text: "转人工 / 留言" });
+  var foot = el("div", { class: "xy-foot" }, [note, handoffLink]);
+
+  // 转人工 / 留言: a short form above the input; staff see the conversation with it.
+  var hoTitle = el("h3", { id: "xy-ho-title", class: "xy-card-title", tabindex: "-1", text: "转人工 / 留言" });
+  var hoClose = el("button", { type: "button", class: "xy-card-close", "aria-label": "关闭留言表单", text: "×" });
+  var hoMessage = el("textarea", { id: "xy-ho-message", class: "xy-ho-input", rows: "3", maxlength: "1000",
+    placeholder: "请写下您的问题或诉求，工作人员会看到您和小玉的对话" });
+  var hoContact = el("input", { id: "xy-ho-contact", class: "xy-ho-input", type: "text", maxlength: "100",
+    placeholder: "如需回电，请留下称呼和电话" });
+  var hoSend = el("button", { type: "submit", class: "xy-send", text: "提交留言" });
+  var hoStatus = el("p", { class: "xy-ho-status", role: "status" });
+  var handoff = el("form", { class: "xy-handoff", "aria-labelledby": "xy-ho-title", hidden: "" }, [
+    el("div", { class: "xy-card-head" }, [hoTitle, hoClose]),
+    el("label", { for: "xy-ho-message", text: "留言内容" }), hoMessage,
+    el("label", { for: "xy-ho-contact", text: "联系方式（选填）" }), hoContact,
+    el("div", { class: "xy-ho-actions" }, [hoSend, hoStatus])
+  ]);
 
   var panel = el("section", { id: "xy-panel", class: "xy-panel", role: "dialog", "aria-modal": "false",
     "aria-labelledby": "xy-title", hidden: "" }, [
-    el("header", { class: "xy-head" }, [titleEl, newBtn, closeBtn]), log, card, form, note
+    el("header", { class: "xy-head" }, [titleEl, newBtn, closeBtn]), log, card, handoff, form, foot
   ]);
   root.appendChild(bubble);
   root.appendChild(panel);
@@ -135,6 +159,7 @@
     ]);
     if (msg.role === "assistant" && !msg.error) renderAnswer(body, msg.text, msg.citations);
     else body.textContent = msg.text;
+    if (msg.role === "assistant" && msg.answerId && !msg.error) addFeedback(item, msg);
     log.appendChild(item);
     log.scrollTop = log.scrollHeight;
     return { item: item, body: body };
@@ -160,6 +185,135 @@
     log.textContent = "";
     addWelcome();
     state.messages.forEach(function (m) { addMessage(m).item.classList.add("xy-done"); });
+    state.requests.forEach(addRequestCard);
+  }
+
+  // ---- feedback: 👍 / 👎 under each finished answer, a reason box and 转人工 on 👎 (and under a refusal) -------
+  function post(path, body) {
+    return fetch(BASE + path, { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify(body) }).then(function (res) {
+      return res.json().catch(function () { return {}; }).then(function (data) {
+        if (!res.ok) throw new Error(typeof data.detail === "string" ? data.detail : "请求失败（" + res.status + "）");
+        return data;
+      });
+    });
+  }
+
+  function offerHandoff(parent, msg, text) {
+    var b = el("button", { type: "button", class: "xy-link", text: "转人工 / 留言" });
+    b.addEventListener("click", function () { openHandoff(msg.answerId); });
+    parent.appendChild(el("p", { class: "xy-offer" }, [text, b]));
+  }
+
+  function addFeedback(item, msg) {
+    var up = el("button", { type: "button", class: "xy-rate", "aria-label": "有帮助", text: "👍" });
+    var down = el("button", { type: "button", class: "xy-rate", "aria-label": "没帮助", text: "👎" });
+    var said = el("span", { class: "xy-rate-status", role: "status" });
+    var bar = el("div", { class: "xy-feedback", role: "group", "aria-label": "这个回答有帮助吗？" }, [up, down, said]);
+    var reason = null;
+    function show() {
+      up.setAttribute("aria-pressed", String(msg.rating === "up"));
+      down.setAttribute("aria-pressed", String(msg.rating === "down"));
+    }
+    function rate(rating, comment) {
+      return post("/api/feedback", { answer_id: msg.answerId, rating: rating, comment: comment || "" }).then(function () {
+        msg.rating = rating;
+        save();
+        show();
+        said.textContent = rating === "up" ? "谢谢您的反馈！" : "已收到，我们会改进。";
+      }, function (err) { said.textContent = err.message; });
+    }
+    up.addEventListener("click", function () { rate("up"); if (reason) reason.setAttribute("hidden", ""); });
+    down.addEventListener("click", function () {
+      rate("down");
+      if (reason) { reason.removeAttribute("hidden"); return; }
+      var why = el("textarea", { class: "xy-ho-input", rows: "2", maxlength: "500", "aria-label": "哪里不满意（选填）",
+        placeholder: "哪里不满意？（选填）" });
+      var sendWhy = el("button", { type: "button", class: "xy-link", text: "提交意见" });
+      sendWhy.addEventListener("click", function () { rate("down", why.value.trim()); });
+      reason = el("div", { class: "xy-reason" }, [why, sendWhy]);
+      offerHandoff(reason, msg, "需要工作人员帮忙？");
+      item.appendChild(reason);
+      why.focus();
+    });
+    show();
+    item.appendChild(bar);
+    if (msg.refused) offerHandoff(item, msg, "没找到您要的答案？");
+  }
+
+  // ---- hand-off requests ------------------------------------------------------------------------------------
+  var STATUS_TEXT = { open: "已提交，等待工作人员处理", answered: "工作人员已答复", closed: "已办结" };
+
+  function addRequestCard(r) {
+    var card = el("div", { class: "xy-msg xy-request", "data-request": r.id }, [
+      el("p", { class: "xy-request-head", text: "您的留言（编号 " + r.id + "）：" + (STATUS_TEXT[r.status] || r.status) }),
+      el("div", { class: "xy-text", text: r.message || "" })
+    ]);
+    if (r.reply) card.appendChild(el("div", { class: "xy-reply" }, [
+      el("strong", { text: "工作人员答复：" }), el("div", { class: "xy-text", text: r.reply })
+    ]));
+    var old = log.querySelector('[data-request="' + r.id.replace(/[^\w-]/g, "") + '"]');
+    if (old) log.replaceChild(card, old); else log.appendChild(card);
+  }
+
+  function openHandoff(answerId) {
+    hideCard();
+    handoffAnswerId = answerId || null;
+    hoStatus.textContent = state.sessionId ? "" : "请先向小玉提一个问题，再转人工或留言。";
+    handoff.removeAttribute("hidden");
+    hoMessage.focus();
+  }
+
+  function hideHandoff() {
+    if (handoff.hasAttribute("hidden")) return false;
+    handoff.setAttribute("hidden", "");
+    input.focus();
+    return true;
+  }
+
+  function submitHandoff() {
+    var message = hoMessage.value.trim();
+    if (!message) { hoStatus.textContent = "请写下您的问题或诉求。"; hoMessage.focus(); return; }
+    if (!state.sessionId) { hoStatus.textContent = "请先向小玉提一个问题，再转人工或留言。"; return; }
+    hoSend.disabled = true;
+    hoStatus.textContent = "正在提交…";
+    var sessionId = state.sessionId;
+    post("/api/requests", { session_id: sessionId, answer_id: handoffAnswerId, message: message,
+      contact: hoContact.value.trim() }).then(function (data) {
+      var r = { id: data.id, sessionId: sessionId, status: data.status, reply: null, message: message };
+      state.requests.push(r);
+      save();
+      hoMessage.value = "";
+      hoContact.value = "";
+      handoff.setAttribute("hidden", "");
+      addRequestCard(r);
+      log.scrollTop = log.scrollHeight;
+      input.focus();
+    }, function (err) { hoStatus.textContent = err.message; }).then(function () { hoSend.disabled = false; });
+  }
+
+  // When the resident comes back: the status and any staff reply, once per page.
+  function refreshRequests() {
+    state.requests.forEach(function (r) {
+      if (r.status === "closed") return;
+      fetch(BASE + "/api/requests/" + encodeURIComponent(r.id) + "?session_id=" + encodeURIComponent(r.sessionId))
+        .then(function (res) {
+          if (res.status === 404) { // past the retention period: nothing left to show
+            state.requests = state.requests.filter(function (x) { return x !== r; });
+            save();
+            var gone = log.querySelector('[data-request="' + r.id.replace(/[^\w-]/g, "") + '"]');
+            if (gone) gone.remove();
+            return;
+          }
+          if (!res.ok) return;
+          return res.json().then(function (data) {
+            r.status = data.status;
+            r.reply = data.reply || null;
+            save();
+            addRequestCard(r);
+          });
+        }).catch(function () { /* offline: the stored status stays */ });
+    });
   }
 
   // ---- citation card -----------------------------------------------------------------------------------
@@ -264,6 +418,7 @@
           answer.text = data.answer;
           answer.citations = data.citations || [];
           answer.refused = !!data.refused;
+          if (typeof data.answer_id === "string") answer.answerId = data.answer_id;
           if (typeof data.session_id === "string") state.sessionId = data.session_id;
           state.messages.push(answer);
         } else if (kind === "error") {
@@ -282,6 +437,7 @@
       if (!finished) fail(view, "回答中断了，请再问一次。");
       view.item.classList.remove("xy-pending");
       if (answer.refused) view.item.classList.add("xy-refused");
+      if (finished && answer.answerId && state.messages.indexOf(answer) >= 0) addFeedback(view.item, answer);
       view.item.classList.add("xy-done");
       // A long answer is read from its start, not from its last provision.
       if (view.item.offsetHeight > log.clientHeight) log.scrollTop = view.item.offsetTop - 8;
@@ -294,7 +450,8 @@
     var old = state.sessionId;
     // Best effort: the server forgets the old history; without an id the next answer starts a new session anyway.
     if (old) fetch(BASE + "/api/chat/sessions/" + encodeURIComponent(old), { method: "DELETE" }).catch(function () {});
-    state = { sessionId: null, messages: [] };
+    // Requests stay: each is read back with the session that opened it, not the current one.
+    state = { sessionId: null, messages: [], requests: state.requests };
     save();
     hideCard();
     renderAll();
@@ -311,6 +468,7 @@
       panel.removeAttribute("hidden");
       log.scrollTop = log.scrollHeight;
       input.focus();
+      if (!polled) { polled = true; refreshRequests(); }
     } else {
       panel.setAttribute("hidden", "");
       bubble.focus();
@@ -321,6 +479,9 @@
   closeBtn.addEventListener("click", function () { setOpen(false); });
   cardClose.addEventListener("click", hideCard);
   newBtn.addEventListener("click", resetConversation);
+  handoffLink.addEventListener("click", function () { openHandoff(null); });
+  hoClose.addEventListener("click", hideHandoff);
+  handoff.addEventListener("submit", function (e) { e.preventDefault(); submitHandoff(); });
   form.addEventListener("submit", function (e) {
     e.preventDefault();
     if (busy) return;
@@ -338,7 +499,7 @@
   panel.addEventListener("keydown", function (e) {
     if (e.key === "Escape") {
       e.stopPropagation();
-      if (!hideCard()) setOpen(false);
+      if (!hideCard() && !hideHandoff()) setOpen(false);
     }
   });
 

@@ -9,11 +9,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
-from assistant.api.deps import KnowledgeDep, ServicesDep, StaffDep
+from assistant.api.deps import DeskDep, KnowledgeDep, ServicesDep, StaffDep
 from assistant.api.middleware import admin_refusal
+from assistant.api.schemas import ReplyIn, RequestDetail, RequestListed
 from assistant.state.questionlog import QuestionQuery
 from assistant.state.uploads import DocMeta
-from assistant.types import Channel
+from assistant.types import Channel, RequestStatus
 from ingest.pipeline import IngestReport
 
 _bearer = HTTPBearer(auto_error=False, description="XIAOYU_ADMIN_TOKEN")
@@ -78,6 +79,23 @@ class QuestionOut(BaseModel):
     latency_ms: float
     dense_top: float | None
     evidence: str
+    answer_id: str | None = None
+    rating: str | None = None  # "up" | "down" | None: the resident's 👍 / 👎
+    comment: str = ""
+
+
+class WeekCountOut(BaseModel):
+    week: str  # ISO week, "2025-W14"
+    count: int
+
+
+class TopicOut(BaseModel):
+    topic: str
+    count: int
+    refused: int
+    down_votes: int
+    examples: list[str]
+    weeks: list[WeekCountOut] | None = None  # with weekly=true: every ISO week of the window, oldest first
 
 
 @router.get("/documents", response_model=list[DocumentOut])
@@ -121,4 +139,38 @@ def questions(services: ServicesDep, staff: StaffDep, limit: Annotated[int, Quer
                                          () if include_evals else (Channel.EVAL,)))
     return [QuestionOut(id=q.id, ts=q.ts, channel=q.channel, user_hash=q.user_hash, question=q.question,
                         answer=q.answer, refused=q.refused, citations=q.citations, latency_ms=q.latency_ms,
-                        dense_top=q.dense_top, evidence=q.evidence) for q in rows]
+                        dense_top=q.dense_top, evidence=q.evidence, answer_id=q.answer_id, rating=q.rating,
+                        comment=q.comment) for q in rows]
+
+
+@router.get("/reports/topics", response_model=list[TopicOut], response_model_exclude_none=True)
+async def topics(staff: StaffDep, days: Annotated[int, Query(ge=1, le=366)] = 7,
+                 weekly: bool = False, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[TopicOut]:
+    """高频诉求: residents' questions of the last `days` days (evals left out) grouped by meaning, most asked first.
+    Examples are masked (phone, ID-card and plate numbers). weekly=true adds each topic's count per ISO week."""
+    found = await run_in_threadpool(staff.topics, days)  # embedding and clustering: seconds, off the event loop
+    return [TopicOut(topic=t.label, count=t.count, refused=t.refused, down_votes=t.down_votes,
+                     examples=list(t.examples),
+                     weeks=[WeekCountOut(week=w, count=n) for w, n in t.weeks] if weekly else None)
+            for t in found[:limit]]
+
+
+# ---- hand-off requests (转人工 / 留言) ----------------------------------------------------------------------------
+@router.get("/requests", response_model=list[RequestListed])
+def requests(desk: DeskDep, status: RequestStatus | None = None,
+             limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[RequestListed]:
+    """The queue, oldest first; message and contact masked (the full contact is in GET /admin/requests/{id})."""
+    return [RequestListed.of(r) for r in desk.queue(status, limit)]
+
+
+@router.get("/requests/{request_id}", response_model=RequestDetail)
+def request_detail(desk: DeskDep, request_id: str) -> RequestDetail:
+    found = desk.detail(request_id)
+    logged = desk.answer_of(found)
+    return RequestDetail.of(found, logged.question if logged else None, logged.answer if logged else None)
+
+
+@router.post("/requests/{request_id}/reply", response_model=RequestDetail)
+async def reply(desk: DeskDep, request_id: str, body: ReplyIn) -> RequestDetail:
+    """Answer (status answered) or close a request; the resident sees the reply in the widget or on WeChat."""
+    return RequestDetail.of(await run_in_threadpool(desk.reply, request_id, body.reply, body.status))

@@ -1,9 +1,10 @@
 """OpenAI Chat Completions on top of ChatService, so the openai client, LangChain's ChatOpenAI and existing chat
 front ends can talk to Xiaoyu. Only shapes are converted here; ChatService answers.
 
-Xiaoyu's extras: a top-level `citations` list (also on the last streamed chunk), `refused`, and an optional
-`session_id` (send it with the client's `extra_body`) to use the stored conversation instead of the messages: an id
-the server did not issue starts a new conversation, and the response's `session_id` is the one to send next."""
+Xiaoyu's extras: a top-level `citations` list (also on the last streamed chunk), `refused`, `kind`, `answer_id`
+(for POST /api/feedback), and an optional `session_id` (send it with the client's `extra_body`) to use the stored
+conversation instead of the messages: an id the server did not issue starts a new conversation, and the response's
+`session_id` is the one to send next."""
 
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def _completion(completion_id: str, question: str, answer: Answer) -> dict:
                      "logprobs": None, "finish_reason": "stop"}],
         "usage": _usage(question, answer),
         "citations": _citations(answer), "refused": answer.refused, "kind": answer.kind.value,
-        **_session(answer),
+        "answer_id": answer.answer_id, **_session(answer),
     }
 
 
@@ -133,7 +134,7 @@ def _stream_chunks(service: ChatService, req: ChatCompletionRequest, question: s
         return
     assert answer is not None
     yield {"data": _chunk(completion_id, created, {}, "stop", citations=_citations(answer), refused=answer.refused,
-                                kind=answer.kind.value, **_session(answer))}
+                                kind=answer.kind.value, answer_id=answer.answer_id, **_session(answer))}
     if req.stream_options and req.stream_options.include_usage:
         yield {"data": json.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created,
                                    "model": MODEL, "choices": [], "usage": _usage(question, answer)})}

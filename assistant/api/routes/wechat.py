@@ -17,7 +17,7 @@ _MAX_BODY = 64 * 1024
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
     # Runs after the app's own lifespan has built the service (FastAPI nests included routers' lifespans).
-    app.state.wechat = build_wechat(app.state.settings, app.state.services.chat)
+    app.state.wechat = build_wechat(app.state.settings, app.state.services.chat, app.state.services.desk)
     try:
         yield
     finally:
