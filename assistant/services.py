@@ -29,7 +29,7 @@ from assistant.qa.compose import Answerer, ExtractiveAnswerer
 from assistant.qa.evidence import AnswerabilityModel
 from assistant.qa.pipeline import Explanation, QuestionPipeline
 from assistant.qa.retrieve import HybridRetriever, Mode
-from assistant.qa.understand import Condenser, Understander, Vocabulary, read_terms
+from assistant.qa.understand import Condenser, Understander, Vocabulary, printable, read_terms
 from assistant.state.privacy import mask
 from assistant.state.questionlog import LoggedQuestion, QuestionLog, QuestionQuery, install_secret
 from assistant.state.requests import HelpRequest, RequestStore
@@ -57,6 +57,12 @@ WEB_SESSIONS = "web"  # the namespace of every session a browser or API client m
 
 def _web_key(session_id: str) -> str:
     return f"{WEB_SESSIONS}:{session_id}"
+
+
+def _session_key(session_id: str, channel: Channel) -> str:
+    """The store key a session id names on `channel`: WeChat's come from the bridge already namespaced
+    ("wechat:<openid>"); on every other channel an id can only name a web session."""
+    return session_id if channel is Channel.WECHAT else _web_key(session_id)
 
 
 @dataclass(frozen=True)
@@ -184,7 +190,7 @@ class ChatService:
 
     def reset_session(self, session_id: str, channel: Channel = Channel.WEB) -> None:
         """Forget a conversation (the widget's 新对话, WeChat's 重新开始). A web id can only name a web session."""
-        self._sessions.reset(session_id if channel is Channel.WECHAT else _web_key(session_id))
+        self._sessions.reset(_session_key(session_id, channel))
 
     def source_passage(self, chunk_id: str) -> tuple[Chunk, str] | None:
         """A cited chunk and the full text of its document (chunk.start:chunk.end is the passage); None if unknown."""
@@ -337,14 +343,12 @@ class StaffViews:
         return masked_question(found)
 
 
-# Lone surrogates (JSON lets a client send "\ud800", which SQLite can't store) and control characters but \t \n \r.
-_UNSTORABLE = re.compile(r"[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Every id the server hands out (token_urlsafe): anything else names nothing, and is not looked up.
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def _text(value: str | None) -> str:
-    return _UNSTORABLE.sub("", value or "").strip()
+    return printable(value).strip()
 
 
 def _is_token(value: str | None) -> bool:
@@ -397,7 +401,7 @@ class RequestDesk:
             raise BadQuestion(f"留言太长了：最多 {self.MAX_MESSAGE} 字。")
         if len(contact) > self.MAX_CONTACT:
             raise BadQuestion(f"联系方式太长了：最多 {self.MAX_CONTACT} 字。")
-        key = self._key(session_id, channel)
+        key = _session_key(session_id, channel)
         if channel is not Channel.WECHAT and not (_is_token(session_id) and self._sessions.is_issued(key)):
             raise NotFound("找不到这个对话（可能已过期）：请先向小玉提一个问题，再转人工或留言。")
         request = self._requests.add(channel.value, key, message, contact, self._sessions.history(key), answer_id)
@@ -409,7 +413,7 @@ class RequestDesk:
     def status(self, request_id: str, session_id: str, channel: Channel = Channel.WEB) -> HelpRequest:
         """The request as its resident sees it; NotFound for an unknown id and for any other session alike."""
         presentable = _is_token(request_id) and (channel is Channel.WECHAT or _is_token(session_id))
-        found = self._requests.owned(request_id, self._key(session_id, channel)) if presentable else None
+        found = self._requests.owned(request_id, _session_key(session_id, channel)) if presentable else None
         if found is None:
             raise NotFound("找不到这条留言。")
         return found
@@ -464,9 +468,6 @@ class RequestDesk:
                 log.exception("reply listener failed for request %s", request_id)
         self._tidy()
         return replace(updated, history=_masked(updated).history)
-
-    def _key(self, session_id: str, channel: Channel) -> str:
-        return session_id if channel is Channel.WECHAT else _web_key(session_id)
 
     def _tidy(self) -> None:
         if self._retention is not None:

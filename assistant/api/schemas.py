@@ -95,6 +95,9 @@ class ChatResponse(BaseModel):
 
 
 # ---- feedback and hand-offs (转人工 / 留言) ------------------------------------------------------------------
+RequestStatusName = Literal["open", "answered", "closed"]  # RequestStatus values, spelled out for OpenAPI
+
+
 class FeedbackIn(BaseModel):
     answer_id: str = Field(max_length=64)
     rating: Literal["up", "down"]
@@ -115,14 +118,14 @@ class RequestIn(BaseModel):
 
 class RequestOpened(BaseModel):
     id: str
-    status: Literal["open", "answered", "closed"]
+    status: RequestStatusName
 
 
 class RequestStatusOut(BaseModel):
     """What the resident sees of their request."""
 
     id: str
-    status: Literal["open", "answered", "closed"]
+    status: RequestStatusName
     reply: str | None = None
     updated_at: float
 
@@ -143,7 +146,7 @@ class RequestListed(BaseModel):
     created_at: float
     updated_at: float
     channel: str
-    status: Literal["open", "answered", "closed"]
+    status: RequestStatusName
     message: str
     contact: str
     reply: str

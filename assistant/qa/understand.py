@@ -146,9 +146,16 @@ _LEANS_ON_CONTEXT = re.compile(
     r"^(那|那么|那如果|那要是|还有|另外|然后|此外|如果|要是|假如|万一|这个|那个|这种|那种|这样|它|他们|她们|其|该|上述|同样|也)"
     r"|这个|那个|这种|那种|上面|刚才|前面|它|他们|她们|这些|那些|该条|这条|那条|^(呢|吗)"
 )
+# Lone surrogates (JSON lets a client send "\ud800", which no encoder or SQLite can write) and control characters
+# other than \t \n \r.
 _UNPRINTABLE = re.compile(r"[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_TURN_CHARS = 500  # of each history turn: condensation needs the topic, not a whole pasted document
 _SHORT = 12  # characters: a short question without a topic of its own ("要多久？", "去哪申请？") leans on context
+
+
+def printable(text: str | None) -> str:
+    """`text` without lone surrogates and control characters: what can be stored, encoded and shown."""
+    return _UNPRINTABLE.sub("", text or "")
 
 
 class Condenser:
@@ -216,7 +223,7 @@ class Understander:
     def normalise(self, question: str) -> str:
         """Lone surrogates and control characters removed (JSON lets a client send "\\ud800", which no encoder
         downstream can write), whitespace trimmed; an empty or over-long question raises BadQuestion."""
-        question = _UNPRINTABLE.sub("", question or "").strip()
+        question = printable(question).strip()
         if not question:
             raise BadQuestion("问题不能为空，请输入您想咨询的内容。")
         if len(question) > self.max_question_chars:
@@ -240,7 +247,7 @@ class Understander:
     def recent(self, history: Sequence[Turn]) -> tuple[Turn, ...]:
         """The last turns, each cut to MAX_TURN_CHARS and cleaned like a question: history is bounded before
         anything tokenizes it, whoever sent it (a stored session, a widget, a /v1 client with 10,000 characters)."""
-        return tuple(Turn(t.role, _UNPRINTABLE.sub("", t.content)[:MAX_TURN_CHARS])
+        return tuple(Turn(t.role, printable(t.content)[:MAX_TURN_CHARS])
                      for t in tuple(history)[-2 * self.max_history_turns :])
 
     def plan(self, question: str, history: Sequence[Turn] = ()) -> TurnPlan:

@@ -205,14 +205,12 @@ class QuestionLog:
 
     def asked(self, since: float, until: float, exclude_channels: tuple[str, ...] = ()) -> list[AskedQuestion]:
         """Questions logged from `since` to `until` (unix seconds, both included), oldest first, small talk (你好,
-        谢谢) left out. A log without the rating column (written before feedback existed) reads as having no 👎."""
+        谢谢) left out. (_migrate gave an older log the rating column: its rows read as not rated.)"""
         with self._db.connect() as db:
-            have = {row["name"] for row in db.execute("PRAGMA table_info(questions)")}
-            down = "rating = 'down'" if "rating" in have else "0"
             where = ["ts >= ?", "ts <= ?", f"NOT (mode = '{ComposeMode.TEMPLATE}' AND refused = 0)"]
             if exclude_channels:
                 where.append(f"channel NOT IN ({', '.join('?' * len(exclude_channels))})")
-            rows = db.execute(f"SELECT id, ts, channel, question, refused, {down} AS down_voted FROM questions"
+            rows = db.execute("SELECT id, ts, channel, question, refused, rating = 'down' AS down_voted FROM questions"
                               f" WHERE {' AND '.join(where)} ORDER BY ts, id", (since, until, *exclude_channels)).fetchall()
         return [AskedQuestion(r["id"], r["ts"], r["channel"], r["question"], bool(r["refused"]), bool(r["down_voted"]))
                 for r in rows]

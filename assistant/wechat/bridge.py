@@ -223,12 +223,7 @@ class WeChatBridge:
             return
         with self._lock:
             self._running += 1
-        try:
-            self._pool.submit(self._run, self._push_reply, request)
-        except RuntimeError:  # shutting down: the reply comes with the resident's next message
-            with self._idle:
-                self._running -= 1
-                self._idle.notify_all()
+        self._hand_to_pool(self._push_reply, request)
 
     def _push_reply(self, request: HelpRequest) -> str:
         openid = request.session_key.removeprefix(session_id(""))
@@ -286,10 +281,15 @@ class WeChatBridge:
         return fmt.PLACEHOLDER_PUSH
 
     def _submit_push(self, job: _Job) -> None:
+        self._hand_to_pool(self._push_late, job)
+
+    def _hand_to_pool(self, work: Callable[..., str], *args) -> None:
+        """Run a push in the pool; it is already counted in _running, so wait_idle() and close() wait for it. If the
+        pool is shut down, it is uncounted, and what it would have sent comes with the resident's next message."""
         try:
-            self._pool.submit(self._run, self._push_late, job)
-        except RuntimeError:  # the pool is shut down: the answer waits for the next message instead
-            log.warning("线程池已关闭，答案将在用户下一条消息时发送")
+            self._pool.submit(self._run, work, *args)
+        except RuntimeError:
+            log.warning("线程池已关闭，消息将在用户下一条消息时发送")
             with self._idle:
                 self._running -= 1
                 self._idle.notify_all()
