@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     # Chroma runs embedded in data_dir unless a server is named here.
     chroma_host: str = ""
     chroma_port: int = 8000
+    # Shared state when scaled out (sessions, rate limits, login throttle, question log, requests, WeChat retries):
+    # e.g. redis://10.0.0.5:6379/0. Empty: SQLite files in data_dir and process memory, one host only.
+    redis_url: SecretStr = SecretStr("")
     max_question_chars: int = 1000
     max_history_turns: int = 6  # user+assistant pairs kept per session and used for condensation
     session_ttl_hours: float = 24 * 7

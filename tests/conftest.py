@@ -149,3 +149,84 @@ def live_chunks(services) -> dict:
 def stored_ids(data_dir: Path, embedder) -> set[str]:
     """The vector ids in the data dir's Chroma collection, read by a store of our own (not the service's)."""
     return ChromaStore(embedder.name, data_dir / "chroma").ids()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc, what: str, timeout: float = 60.0) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:  # waiting for a server to listen, not a timing assertion
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not listen on port {port}") from None
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[str]:
+    """A real redis-server on loopback (Debian's; scripts/test installs it), no persistence; yields its URL.
+    Tests that share it take their own database number or key prefix."""
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (scripts/test installs it)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port, proc, "redis-server")
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def redis_url(redis_server) -> Iterator[str]:
+    """An empty Redis database for one test (flushed before and after)."""
+    import redis
+
+    url = f"{redis_server}/1"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@contextmanager
+def chroma_server(path: Path) -> Iterator[tuple[str, int]]:
+    """`chroma run` (the server that ships with chromadb) on loopback over `path`; yields (host, port)."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("chroma")
+    if not exe.exists():
+        pytest.skip("the chroma CLI is not installed")
+    port = _free_port()
+    proc = subprocess.Popen([str(exe), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port, proc, "chroma run")
+        yield "127.0.0.1", port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
