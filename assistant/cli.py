@@ -58,19 +58,108 @@ def cmd_ingest(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from assistant.api import create_app
-    from assistant.services import build_services
-
     settings = _settings(args)
-    services = build_services(settings)
-    if services.knowledge.is_empty:
-        print(f"数据目录 {settings.data_dir} 为空，正在导入知识库 {settings.knowledge_base} …", file=sys.stderr)
-        _print_report(services.knowledge.ensure_ingested(_progress()))
+    if args.workers > 1:
+        return _serve_workers(args, settings)
+    from assistant.api import create_app
+
+    services = _ready_services(settings)
     app = create_app(settings, services)
     print(f"小玉已启动：http://{args.host}:{args.port}/  （API 文档 /docs）", file=sys.stderr)
     # proxy_headers off: forwarded headers are believed only from XIAOYU_TRUSTED_PROXIES (see create_app).
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)
     return 0
+
+
+def _ready_services(settings):
+    """The services, with the bundled knowledge base ingested into an empty data dir first."""
+    from assistant.services import build_services
+
+    services = build_services(settings)
+    if services.knowledge.is_empty:
+        print(f"数据目录 {settings.data_dir} 为空，正在导入知识库 {settings.knowledge_base} …", file=sys.stderr)
+    report = services.knowledge.ensure_ingested(_progress())
+    if report is not None:
+        _print_report(report)
+    return services
+
+
+def _serve_workers(args, settings) -> int:
+    """N uvicorn worker processes on one port, over one data dir.
+
+    Embedded Chroma is not safe with several processes writing one directory, so without XIAOYU_CHROMA_HOST a
+    `chroma run` over data_dir/chroma is started for the workers on loopback. The staff console keeps its login and
+    its event queue in process memory, so it runs in one process of its own on --console-port; the workers serve
+    the API, the widget and WeChat. Sessions, the question log and requests are the data dir's SQLite files (WAL,
+    safe across processes); rate limits and WeChat retries are per worker unless XIAOYU_REDIS_URL is set."""
+    import subprocess
+
+    import uvicorn
+
+    children: list[subprocess.Popen] = []
+    env = {"XIAOYU_DATA_DIR": str(settings.data_dir.resolve())}
+    try:
+        if not settings.chroma_host:
+            port = _free_port()
+            children.append(_start_chroma(settings.data_dir / "chroma", port))
+            env |= {"XIAOYU_CHROMA_HOST": "127.0.0.1", "XIAOYU_CHROMA_PORT": str(port)}
+            settings = settings.model_copy(update={"chroma_host": "127.0.0.1", "chroma_port": port})
+        if not settings.redis_url.get_secret_value():
+            print("未设置 XIAOYU_REDIS_URL：限流计数和微信重试状态按进程各自保存", file=sys.stderr)
+        _ready_services(settings)  # ingests once, here, before any worker starts; builds the onnx model once too
+        os.environ.update(env)
+        if settings.staff.console_enabled:
+            children.append(subprocess.Popen([sys.executable, "-m", "assistant.cli", "serve", "--host", args.host,
+                                              "--port", str(args.console_port)], env=os.environ.copy()))
+            print(f"工作台：http://{args.host}:{args.console_port}/console", file=sys.stderr)
+        os.environ["XIAOYU_CONSOLE_ENABLED"] = "false"
+        # Each worker's embedder gets its share of the cores (unless set): N workers x all cores would oversubscribe.
+        os.environ.setdefault("XIAOYU_EMBED_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
+        print(f"小玉已启动：http://{args.host}:{args.port}/  （{args.workers} 个工作进程）", file=sys.stderr)
+        uvicorn.run("assistant.api.app:create_app", factory=True, workers=args.workers, host=args.host,
+                    port=args.port, log_level="info", proxy_headers=False)
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_chroma(path: Path, port: int):
+    """`chroma run` (shipped with chromadb) on loopback over `path`, once it listens."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([exe, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"chroma run 启动失败（退出码 {proc.returncode}）")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.terminate()
+                raise SystemExit(f"chroma run 在 60 秒内没有监听端口 {port}") from None
+            time.sleep(0.1)
 
 
 def cmd_ask(args) -> int:
@@ -262,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="工作进程数（默认 1；多于 1 时工作台另占 --console-port）")
+    p.add_argument("--console-port", type=int, default=8001, help="--workers 大于 1 时工作台的端口（默认 8001）")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("ask", help="提一个问题，打印回答和出处")

@@ -42,5 +42,11 @@ class TooManyRequests(XiaoyuError):
     status = 429
 
 
+class Unavailable(XiaoyuError):
+    """A shared store (Redis, the Chroma server) that stopped answering after start: a 503 the client may retry."""
+
+    status = 503
+
+
 class LoadError(UploadRejected):
     """A file the loaders can't read (broken, encrypted, a bomb, over a budget): the reason names the limit."""

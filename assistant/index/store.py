@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,13 @@ import numpy as np
 from assistant.types import Chunk
 
 _BATCH = 1000  # Chroma caps a single add; stay well under it
+# Every Chunk field but id and text (the record's id and document): a host that did not ingest rebuilds the chunks
+# from the Chroma server alone (catalog.py SharedIndexDir).
+_CHUNK_META = ("source", "title", "section", "start", "end", "category", "issuer", "date")
+
+
+def _chunk_meta(c: Chunk) -> dict:
+    return {name: getattr(c, name) for name in _CHUNK_META}
 
 
 def _collection_name(embedder_name: str, kind: str = "chunks") -> str:
@@ -54,8 +62,27 @@ class ChromaStore:
                 ids=[c.id for c in part],
                 embeddings=vectors[i : i + _BATCH],
                 documents=[c.text for c in part],
-                metadatas=[{"source": c.source, "section": c.section} for c in part],
+                metadatas=[_chunk_meta(c) for c in part],
             )
+
+    def update_metadata(self, chunks: Sequence[Chunk]) -> None:
+        """Rewrite the stored metadata of chunks already embedded: the id hashes source, section and text only, so a
+        manifest edit (title, date) or a shifted offset keeps the vector but changes the metadata."""
+        for i in range(0, len(chunks), _BATCH):
+            part = chunks[i : i + _BATCH]
+            self._collection.update(ids=[c.id for c in part], metadatas=[_chunk_meta(c) for c in part])
+
+    def chunks(self, ids: Sequence[str]) -> dict[str, Chunk]:
+        """The stored chunks of these ids, rebuilt from text and metadata (unknown ids, and records written before
+        the metadata held every field, are left out)."""
+        out: dict[str, Chunk] = {}
+        ids = list(ids)
+        for i in range(0, len(ids), _BATCH):
+            res = self._collection.get(ids=ids[i : i + _BATCH], include=["documents", "metadatas"])
+            for cid, text, meta in zip(res["ids"], res["documents"], res["metadatas"]):
+                if meta and all(name in meta for name in _CHUNK_META):
+                    out[cid] = Chunk(id=cid, text=text, **{name: meta[name] for name in _CHUNK_META})
+        return out
 
     def upsert_texts(self, ids: Sequence[str], texts: Sequence[str], vectors: np.ndarray) -> None:
         for i in range(0, len(ids), _BATCH):
@@ -80,3 +107,80 @@ class ChromaStore:
         res = self._collection.query(query_embeddings=[vector], n_results=max(1, n), include=["distances"])
         ids, distances = (res["ids"] or [[]])[0], (res["distances"] or [[]])[0]
         return [(cid, 1.0 - float(dist)) for cid, dist in zip(ids, distances)]
+
+
+class ChromaCatalog:
+    """The committed catalog on a Chroma server, beside the vectors, so that any host can serve the index without
+    ingesting: document records, source texts and the generation pointer, as records of one small collection.
+
+    Chroma stores nothing without an embedding, and nobody searches these records by similarity: each gets the same
+    1-dim dummy vector (1.0; a zero vector has no cosine). Records are content-addressed ("doc:<hash>",
+    "text:<sha256>") and written before the one "generation" record that names them, so a reader that follows the
+    pointer never meets a half-written generation; each upsert of a single record is atomic in Chroma."""
+
+    HEAD = "generation"
+
+    def __init__(self, embedder_name: str, host: str, port: int = 8000):
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        self._client = chromadb.HttpClient(host=host, port=port,
+                                           settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
+        self._collection = self._client.get_or_create_collection(_collection_name(embedder_name, "catalog"),
+                                                                 embedding_function=None)
+
+    def head(self) -> dict | None:
+        """The committed generation record ({"generation", "embedder", "split_signature", "docs": [record ids]}),
+        None when nothing was ever committed to this server."""
+        res = self._collection.get(ids=[self.HEAD], include=["documents"])
+        return json.loads(res["documents"][0]) if res["ids"] else None
+
+    def head_key(self) -> tuple[int, str] | None:
+        """(generation, commit id) from the record's metadata, not the whole record: what a poll reads."""
+        res = self._collection.get(ids=[self.HEAD], include=["metadatas"])
+        if not res["ids"]:
+            return None
+        meta = res["metadatas"][0]
+        return int(meta["generation"]), str(meta["commit"])
+
+    def set_head(self, record: dict) -> None:
+        self._put([self.HEAD], [json.dumps(record, ensure_ascii=False)],
+                  [{"kind": "head", "generation": record["generation"], "commit": record["commit"]}])
+
+    def has(self, ids: Iterable[str]) -> set[str]:
+        ids = list(ids)
+        found: set[str] = set()
+        for i in range(0, len(ids), _BATCH):
+            found.update(self._collection.get(ids=ids[i : i + _BATCH], include=[])["ids"])
+        return found
+
+    def read(self, ids: Iterable[str]) -> dict[str, str]:
+        """Record id → its document (a JSON doc record or a source text); unknown ids are left out."""
+        ids = list(ids)
+        out: dict[str, str] = {}
+        for i in range(0, len(ids), _BATCH):
+            res = self._collection.get(ids=ids[i : i + _BATCH], include=["documents"])
+            out.update(zip(res["ids"], res["documents"]))
+        return out
+
+    def put(self, records: dict[str, str], kind: str) -> None:
+        items = list(records.items())
+        for i in range(0, len(items), _BATCH):
+            part = items[i : i + _BATCH]
+            self._put([k for k, _ in part], [v for _, v in part], [{"kind": kind}] * len(part))
+
+    def ids(self, kind: str) -> set[str]:
+        return set(self._collection.get(where={"kind": kind}, include=[])["ids"])
+
+    def delete(self, ids: Iterable[str]) -> None:
+        ids = list(ids)
+        for i in range(0, len(ids), _BATCH):
+            self._collection.delete(ids=ids[i : i + _BATCH])
+
+    def _put(self, ids: list[str], documents: list[str], metadatas: list[dict]) -> None:
+        # Texts of large regulations are big: a few per request keeps each HTTP body small.
+        step = 16
+        for i in range(0, len(ids), step):
+            n = len(ids[i : i + step])
+            self._collection.upsert(ids=ids[i : i + step], documents=documents[i : i + step],
+                                    metadatas=metadatas[i : i + step], embeddings=[[1.0]] * n)

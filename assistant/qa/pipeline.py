@@ -1,7 +1,11 @@
 """The one question pipeline. Chat (ask and stream), retrieval previews, the console's hit test and the evals all
 go through it, so a hit test shows exactly what a resident would get:
 
-    understand (understand.py) → retrieve (retrieve.py) → judge the evidence (evidence.py) → compose (compose.py | llm.py)
+    understand (understand.py) → [a staff pin] → retrieve (retrieve.py) → judge the evidence (evidence.py)
+      → compose (compose.py | llm.py)
+
+A question matching a staff pin (state/pins.py) is answered with the pinned text and its citation, before retrieval;
+small talk and injections are handled first all the same.
 """
 
 from __future__ import annotations
@@ -9,20 +13,26 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from assistant.config import RetrievalSettings
 from assistant.qa.compose import Answerer, answer_events, smalltalk_answer
 from assistant.qa.evidence import AnswerabilityModel, judge
 from assistant.qa.retrieve import HybridRetriever, Mode
 from assistant.qa.understand import Understander
-from assistant.types import Answer, EventType, Retrieval, StreamEvent, Turn, TurnKind, TurnPlan
+from assistant.types import Answer, EventType, Evidence, Retrieval, StreamEvent, Turn, TurnKind, TurnPlan
 
 if TYPE_CHECKING:
     from assistant.qa.llm import LLMCondenser
 
 
 _NO_EVIDENCE = (TurnKind.SMALLTALK, TurnKind.INJECTION)
+
+
+class PinnedAnswers(Protocol):
+    """Staff-written answers for question patterns (assistant/state/pins.py PinBoard)."""
+
+    def answer_for(self, question: str) -> Answer | None: ...
 
 
 @dataclass(frozen=True)
@@ -38,13 +48,15 @@ class Explanation:
 class QuestionPipeline:
     def __init__(self, understander: Understander, retriever: HybridRetriever, answerer: Answerer,
                  settings: RetrievalSettings, llm_condenser: LLMCondenser | None = None,
-                 answerability: AnswerabilityModel | None = None):
+                 answerability: AnswerabilityModel | None = None, pins: PinnedAnswers | None = None):
         self.understander = understander
         self.retriever = retriever
         self.answerer = answerer
         self.settings = settings
         self.llm_condenser = llm_condenser  # None: follow-ups are condensed by the rules alone
-        self.answerability = answerability  # None: the dense/overlap thresholds of settings decide
+        # None: the dense/overlap thresholds of settings decide. Replaced while running when staff save a threshold.
+        self.answerability = answerability
+        self.pins = pins
 
     def plan(self, question: str, history: Sequence[Turn] = (), deadline: float | None = None) -> TurnPlan:
         """Raises BadQuestion for an empty or over-long question."""
@@ -61,6 +73,13 @@ class QuestionPipeline:
         return Retrieval(plan.query, found.hits, judge(found, self.settings, self.answerability, plan),
                          found.sentences)
 
+    def pinned(self, plan: TurnPlan) -> Answer | None:
+        """A staff pin's answer for this turn: matched on the resident's own words, not on a condensed query (a
+        follow-up "那要多久？" must not inherit the pin its topic would match)."""
+        if self.pins is None or plan.kind in _NO_EVIDENCE:
+            return None
+        return self.pins.answer_for(plan.question)
+
     def compose(self, plan: TurnPlan, retrieval: Retrieval | None, deadline: float | None = None
                 ) -> Iterator[StreamEvent]:
         """Citations, then text deltas, then done with the whole Answer."""
@@ -74,6 +93,11 @@ class QuestionPipeline:
                ) -> tuple[TurnPlan, Retrieval | None, Iterator[StreamEvent]]:
         """The chat path: nothing is retrieved for a turn that needs no evidence (small talk, an injection)."""
         plan = self.plan(question, history, deadline)
+        pinned = self.pinned(plan)
+        if pinned is not None:
+            # Nothing retrieved; the log's evidence says that a staff pin answered.
+            evidence = Evidence(True, "；".join(pinned.notes))
+            return plan, Retrieval(plan.query, (), evidence), answer_events(pinned)
         retrieval = None if plan.kind in _NO_EVIDENCE else self.retrieve(plan)
         return plan, retrieval, self.compose(plan, retrieval, deadline)
 
@@ -82,6 +106,7 @@ class QuestionPipeline:
         """The hit test: the same plan and answer as chat, plus what retrieval found even where chat needs none."""
         plan = self.plan(question, history)
         retrieval = self.retrieve(plan, top_k, mode)
-        events = self.compose(plan, None if plan.kind in _NO_EVIDENCE else retrieval)
+        pinned = self.pinned(plan)
+        events = answer_events(pinned) if pinned else self.compose(plan, None if plan.kind in _NO_EVIDENCE else retrieval)
         answer = next(e.answer for e in events if e.type is EventType.DONE)
         return Explanation(plan, retrieval, answer, tuple(self.retriever.tokenizer.tokens(plan.query)))

@@ -3,7 +3,10 @@ below), with the index statistics the evidence step needs (how much of the query
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -21,6 +24,7 @@ from assistant.index.synonyms import QueryExpander
 from assistant.qa.understand import INTENT_SIGNS
 from assistant.types import Chunk, ScoredChunk
 
+log = logging.getLogger("xiaoyu")
 Mode = Literal["hybrid", "bm25", "dense"]
 Ranked = tuple[tuple[str, float], ...]  # (chunk id, score), best first
 SentenceScores = dict[str, tuple[tuple[str, float], ...]]  # chunk id → (sentence, cosine to the query), in order
@@ -104,8 +108,13 @@ def diversify(ranked: list[ScoredChunk], cap: int) -> list[ScoredChunk]:
 
 
 class HybridRetriever:
+    """`poll_seconds`: how often a background thread asks whether another process (a worker on the same data dir, or
+    another host of the same Chroma server) committed a generation, and reloads if so; 0: ask before every search
+    (tests). The question costs a stat of CURRENT (or one small read from the Chroma server), never the query."""
+
     def __init__(self, embedder: Embedder, store: ChromaStore, index_dir: IndexDir, tokenizer: JiebaTokenizer,
-                 settings: RetrievalSettings, expander: QueryExpander, sentences: ChromaStore | None = None):
+                 settings: RetrievalSettings, expander: QueryExpander, sentences: ChromaStore | None = None,
+                 poll_seconds: float = 0.0):
         self.sentences = sentences  # sentence vectors (ingest/pipeline.py); None: rank by fused chunk scores only
         self.expander = expander
         self.embedder = embedder
@@ -113,7 +122,14 @@ class HybridRetriever:
         self.index_dir = index_dir
         self.tokenizer = tokenizer
         self.settings = settings
+        self.poll_seconds = poll_seconds
+        self._reloading = threading.Lock()  # one reload at a time; searches never wait for it
         self._snap = self._load()
+        self._stop = threading.Event()
+        if poll_seconds > 0:
+            # The thread holds the retriever weakly: services dropped (a test's, a rebuilt app's) stop their watcher.
+            threading.Thread(target=_watch, args=(weakref.ref(self), poll_seconds, self._stop),
+                             name="index-watch", daemon=True).start()
 
     # ---- index lifecycle ------------------------------------------------------------------------
     def _load(self) -> _Snapshot:
@@ -128,7 +144,24 @@ class HybridRetriever:
     def reload(self) -> None:
         """Pick up a newly committed generation. Requests in flight keep the snapshot they started with: each
         search() reads self._snap once, and rebinding an attribute is atomic."""
-        self._snap = self._load()
+        with self._reloading:
+            self._snap = self._load()
+
+    def refresh(self) -> bool:
+        """Reload if the committed generation is not the one being served (another process committed); True if it
+        reloaded. What the watcher runs every poll_seconds."""
+        if self.index_dir.head() == self._snap.catalog.generation:
+            return False
+        with self._reloading:
+            if self.index_dir.head() == self._snap.catalog.generation:
+                return False  # another thread reloaded while this one waited
+            self._snap = self._load()
+        log.info("index: now serving generation %d", self._snap.catalog.generation)
+        return True
+
+    def close(self) -> None:
+        """Stop the watcher thread."""
+        self._stop.set()
 
     @property
     def catalog(self) -> Catalog:
@@ -140,6 +173,8 @@ class HybridRetriever:
 
     # ---- search ---------------------------------------------------------------------------------
     def search(self, query: str, top_k: int | None = None, mode: Mode = "hybrid", intent: str = "") -> Candidates:
+        if not self.poll_seconds:
+            self.refresh()
         snap = self._snap
         s = self.settings
         top_k = top_k or s.top_k
@@ -196,3 +231,16 @@ class HybridRetriever:
             return 0.0, 0.0
         found = sum(snap.idf.get(w, snap.max_idf) for w in words & near) / total
         return found, sum(snap.max_idf for w in words if w not in snap.idf) / total
+
+
+def _watch(ref: weakref.ref, every: float, stop: threading.Event) -> None:
+    """Every `every` seconds, refresh the retriever `ref` names, until it is closed or garbage-collected."""
+    while not stop.wait(every):
+        retriever = ref()
+        if retriever is None:
+            return
+        try:
+            retriever.refresh()
+        except Exception:  # a Chroma server away for a moment: keep serving the snapshot and ask again later
+            log.warning("index: could not check for a new generation", exc_info=True)
+        del retriever

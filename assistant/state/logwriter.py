@@ -16,7 +16,7 @@ import queue
 import threading
 from typing import Any
 
-from assistant.state.questionlog import AskedQuestion, LoggedQuestion, QuestionLog, QuestionQuery
+from assistant.state.questionlog import AskedQuestion, LoggedQuestion, QuestionQuery, Questions
 from assistant.types import Answer, Evidence
 
 log = logging.getLogger("xiaoyu")
@@ -25,7 +25,7 @@ _STOP = object()
 
 
 class BackgroundLog:
-    def __init__(self, questions: QuestionLog, max_queued: int = 10_000):
+    def __init__(self, questions: Questions, max_queued: int = 10_000):
         self._log = questions
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
         self._thread = threading.Thread(target=self._drain, name="xiaoyu-question-log", daemon=True)

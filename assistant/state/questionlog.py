@@ -1,5 +1,8 @@
 """Every resident question with its channel, answer, refusal, citations and latency. No personal data: user ids
-(session ids, OpenIDs, IPs) are stored only as salted hashes."""
+(session ids, OpenIDs, IPs) are stored only as salted hashes.
+
+`Questions` is the interface; `QuestionLog` (SQLite, one host) and `redis_state.RedisQuestionLog` (one log for several
+hosts) implement it, and build_services() picks one."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from assistant.state.sqlite import SQLiteFile
 from assistant.types import Answer, ComposeMode, Evidence
@@ -90,6 +94,13 @@ def install_secret(data_dir: Path) -> str:
     return secret
 
 
+def user_hash(salt: str, user: str | None) -> str:
+    """How a user id is kept in the log (both implementations): hosts sharing a salt hash an id the same way."""
+    if not user:
+        return ""
+    return hashlib.sha256(f"{salt}:{user}".encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class QuestionQuery:
     """Which logged questions to read, newest first."""
@@ -114,6 +125,21 @@ class AskedQuestion:
     down_voted: bool = False  # the resident rated the answer 👎
 
 
+class Questions(Protocol):
+    """What the services need of a question log. record()'s signature is part of it: a wrapper (a background writer)
+    may stand in front of either implementation, and then returns None, the row not being written yet."""
+
+    def hash_user(self, user: str | None) -> str: ...
+    def record(self, channel: str, user: str | None, question: str, answer: Answer, latency_ms: float,
+               evidence: Evidence | None = None) -> int | None: ...
+    def rate(self, answer_id: str, rating: str, comment: str = "") -> bool: ...
+    def by_answer(self, answer_id: str) -> LoggedQuestion | None: ...
+    def purge(self, before: float) -> int: ...
+    def recent(self, query: QuestionQuery = QuestionQuery()) -> list[LoggedQuestion]: ...
+    def get(self, question_id: int) -> LoggedQuestion | None: ...
+    def asked(self, since: float, until: float, exclude_channels: tuple[str, ...] = ()) -> list[AskedQuestion]: ...
+
+
 class QuestionLog:
     def __init__(self, path: Path, salt: str, clock: Callable[[], float] = time.time):
         self._db = SQLiteFile(path, _SCHEMA)
@@ -135,9 +161,7 @@ class QuestionLog:
             db.execute("CREATE UNIQUE INDEX IF NOT EXISTS questions_by_answer ON questions(answer_id)")
 
     def hash_user(self, user: str | None) -> str:
-        if not user:
-            return ""
-        return hashlib.sha256(f"{self._salt}:{user}".encode()).hexdigest()[:16]
+        return user_hash(self._salt, user)
 
     def record(self, channel: str, user: str | None, question: str, answer: Answer, latency_ms: float,
                evidence: Evidence | None = None) -> int:

@@ -2,7 +2,10 @@
 conversation that led there, and the staff reply.
 
 A request belongs to the session key it was opened from ("web:<id>", "wechat:<openid>"): the resident reads it by
-presenting that session, so the session id is the capability and the request id alone reveals nothing."""
+presenting that session, so the session id is the capability and the request id alone reveals nothing.
+
+`Requests` is the interface; `RequestStore` (SQLite, one host) and `redis_state.RedisRequestStore` (one queue for
+several hosts) implement it, and build_services() picks one."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from assistant.state.sqlite import SQLiteFile
 from assistant.types import RequestStatus, Turn
@@ -54,6 +58,25 @@ class HelpRequest:
     delivered: bool
 
 
+class Requests(Protocol):
+    def add(self, channel: str, session_key: str, message: str, contact: str, history: list[Turn],
+            answer_id: str | None = None) -> HelpRequest: ...
+    def get(self, request_id: str) -> HelpRequest | None: ...
+    def owned(self, request_id: str, session_key: str) -> HelpRequest | None: ...
+    def queue(self, status: RequestStatus | None = None, limit: int = 200) -> list[HelpRequest]: ...
+    def reply(self, request_id: str, reply: str, status: RequestStatus) -> HelpRequest | None: ...
+    def undelivered(self, session_key: str) -> list[HelpRequest]: ...
+    def mark_delivered(self, request_id: str, updated_at: float) -> bool: ...
+    def purge_closed(self, before: float) -> int: ...
+
+
+def owned_by(request: HelpRequest | None, session_key: str) -> HelpRequest | None:
+    """`request` if `session_key` opened it, else None; compared in constant time, so that timing reveals nothing."""
+    if request is None or not hmac.compare_digest(request.session_key.encode(), session_key.encode()):
+        return None
+    return request
+
+
 class RequestStore:
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
         self._db = SQLiteFile(path, _SCHEMA)
@@ -80,10 +103,7 @@ class RequestStore:
 
     def owned(self, request_id: str, session_key: str) -> HelpRequest | None:
         """The request if `session_key` opened it, else None (the same answer as for an unknown id)."""
-        found = self.get(request_id)
-        if found is None or not hmac.compare_digest(found.session_key.encode(), session_key.encode()):
-            return None
-        return found
+        return owned_by(self.get(request_id), session_key)
 
     def queue(self, status: RequestStatus | None = None, limit: int = 200) -> list[HelpRequest]:
         """Oldest first: a queue is worked from its front."""

@@ -3,13 +3,17 @@ forgets sessions idle longer than the TTL.
 
 Web sessions are issued by the server (`issue`): a session id is a 128-bit capability, so a client can only continue
 a conversation it was handed, never guess or pick one. Keys carry their channel's namespace ("web:…", "wechat:…"),
-so no web request can name a WeChat resident's conversation."""
+so no web request can name a WeChat resident's conversation.
+
+`Sessions` is the interface; `SessionStore` (SQLite, one host) and `redis_state.RedisSessionStore` (shared by several
+hosts) implement it, and build_services() picks one."""
 
 from __future__ import annotations
 
 import secrets
 import time
 from pathlib import Path
+from typing import Protocol
 
 from assistant.state.sqlite import SQLiteFile
 from assistant.types import Turn
@@ -30,6 +34,16 @@ CREATE TABLE IF NOT EXISTS issued (
 );
 CREATE INDEX IF NOT EXISTS issued_by_time ON issued(seen_at);
 """
+
+
+class Sessions(Protocol):
+    """What the chat service and the request desk need of a session store; keys are f"{namespace}:{id}"."""
+
+    def issue(self, namespace: str) -> str: ...
+    def is_issued(self, key: str) -> bool: ...
+    def history(self, key: str) -> list[Turn]: ...
+    def append(self, key: str, *turns: Turn) -> None: ...
+    def reset(self, key: str) -> None: ...
 
 
 class SessionStore:

@@ -65,9 +65,9 @@ def _bridge_state(settings: Settings) -> BridgeState:
     url = settings.redis_url.get_secret_value()
     if not url:
         return MemoryBridgeState()
-    import redis  # only when scaled out
+    from assistant.state import redis_state  # the redis client only when scaled out
 
     # A timeout well inside WeChat's 5 s, so that a stalled Redis fails the request rather than hold it past the cutoff.
-    client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0)
+    client = redis_state.connect(url, timeout=2.0)
     # Per 公众号: two accounts on one Redis may see the same MsgId.
-    return RedisBridgeState(client, prefix=f"xiaoyu:wechat:{settings.wechat.appid or 'default'}:")
+    return RedisBridgeState(client, prefix=f"{settings.redis_prefix}:wechat:{settings.wechat.appid or 'default'}:")

@@ -17,6 +17,7 @@ from assistant.services import Services
 from assistant.state.accounts import StaffAccounts
 from ingest.loaders import CATEGORIES, SUPPORTED
 from ui.console import handlers as h
+from ui.console import levers as lv
 from ui.console import report
 from ui.console.runs import RunStore
 
@@ -38,6 +39,7 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
     runs = RunStore(settings.data_dir / "eval-runs")
     # CSV exports: under the system temp dir, which Gradio serves files from; not the data dir (nothing to keep).
     exports = Path(tempfile.gettempdir()) / "xiaoyu-exports"
+    preview = lv.ThresholdPreview()  # the dev and test questions' scores, shared by the console's sessions
 
     def docs_update():
         services = get_services()
@@ -117,7 +119,9 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
                     refresh_log = gr.Button("刷新", scale=1)
                 log = gr.Dataframe(headers=h.LOG_HEADERS, interactive=False, wrap=True, max_height=420,
                                    column_widths=["5%", "8%", "6%", "26%", "5%", "7%", "16%", "13%", "5%", "9%"])
-                gr.Markdown("### 加入评测集\n点选上表中的一个问题，选出正确的出处和条文（或标记为应当拒答），加入数据目录里的评测集。")
+                log_detail = gr.HTML(lv.log_detail(None, None))
+                gr.Markdown("### 加入评测集\n点选上表中的一个问题，选出**正确的**出处并填写条文（不是回答引用的那条，"
+                            "除非它就是对的；或标记为应当拒答），加入数据目录里的评测集（默认 staff.jsonl）。")
                 with gr.Row():
                     log_id = gr.Number(label="提问编号", precision=0, interactive=False, scale=1)
                     log_question = gr.Textbox(label="问题", interactive=False, scale=4)
@@ -131,6 +135,52 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
                                            allow_custom_value=True, scale=2)
                     add_btn = gr.Button("加入评测集", variant="primary", scale=1)
                 add_status = gr.Markdown()
+
+            # ---- staff levers: pinned answers, the refusal threshold, synonyms ---------------------------------------
+            with gr.Tab("调优", id="levers"):
+                gr.Markdown("### 置顶答复\n匹配规则命中的居民问题直接得到工作人员写的答复和引用（网页、接口、公众号都生效），"
+                            "不再检索。闲聊和提示注入仍先处理。引用的原文会与文档核对。")
+                pins_table = gr.Dataframe(headers=lv.PIN_HEADERS, interactive=False, wrap=True, max_height=300,
+                                          column_widths=["10%", "8%", "16%", "34%", "16%", "8%", "8%"])
+                with gr.Row():
+                    pin_id = gr.Textbox(label="选中的置顶答复", interactive=False, scale=3)
+                    unpin_btn = gr.Button("删除置顶答复", variant="stop", scale=1)
+                with gr.Row():
+                    pin_kind = gr.Radio(list(lv.PIN_KINDS), value="keywords", label="匹配方式", scale=2)
+                    pin_pattern = gr.Textbox(label="匹配规则", placeholder="关键词用空格隔开，如：业委会 备案", scale=3)
+                pin_text = gr.Textbox(label="置顶答复（居民看到的文字）", lines=3)
+                with gr.Row():
+                    pin_source = gr.Dropdown(label="引用的文档", choices=[], scale=3)
+                    pin_section = gr.Dropdown(label="条文", choices=[], allow_custom_value=True, scale=2)
+                pin_quote = gr.Textbox(label="引用原文（从文档中原样复制）", lines=2)
+                pin_btn = gr.Button("添加置顶答复", variant="primary")
+                pin_status = gr.Markdown()
+
+                gr.Markdown("### 拒答阈值")
+                threshold_md = gr.Markdown()
+                with gr.Row():
+                    score_btn = gr.Button("计算评测集得分（dev + test，约几分钟）", scale=2)
+                    proposed = gr.Slider(0.01, 0.99, value=0.5, step=0.005, label="试用阈值", scale=3)
+                    preview_btn = gr.Button("预览", scale=1)
+                preview_md = gr.Markdown()
+                preview_table = gr.Dataframe(headers=lv.PREVIEW_HEADERS, interactive=False)
+                changed_table = gr.Dataframe(headers=["评测集", "问题", "应当", "可回答概率", "变化"], interactive=False,
+                                             wrap=True, max_height=300)
+                save_threshold_btn = gr.Button("保存这个阈值（立即生效）", variant="primary")
+                threshold_status = gr.Markdown()
+
+                gr.Markdown("### 同义词\n左边是知识库自带的表（只读）；右边是补充表，保存在数据目录里，叠加在它上面："
+                            "每行“居民用语 规范用语…”，同一个词以补充表为准，写“词 -”去掉知识库里的这一条。")
+                with gr.Row():
+                    bundled_synonyms = gr.Textbox(label="知识库自带（synonyms.tsv）", lines=10, max_lines=20,
+                                                  interactive=False)
+                    override_synonyms = gr.Textbox(label="补充同义词（数据目录 synonyms.tsv）", lines=10, max_lines=20)
+                with gr.Row():
+                    synonyms_btn = gr.Button("检查并保存", variant="primary", scale=1)
+                    synonyms_status = gr.Markdown()
+                with gr.Row():
+                    expand_query = gr.Textbox(label="试一个问题", placeholder="维修基金能修屋顶吗", scale=3)
+                    expand_result = gr.Markdown()
 
             # ---- 高频诉求 ---------------------------------------------------------------------------------------
             with gr.Tab("高频诉求", id="topics"):
@@ -175,6 +225,16 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
         console.load(on_load, outputs=[kb_info, docs, golden, shown_run, before, after, log, expected_source,
                                        set_name])
 
+        def on_load_levers():
+            services = get_services()
+            info, current = lv.threshold_info(services)
+            return (lv.pin_rows(services), gr.Dropdown(choices=h.source_choices(services)), info,
+                    gr.Slider(value=current if current is not None else 0.5, interactive=current is not None),
+                    *lv.synonym_texts(services))
+
+        console.load(on_load_levers, outputs=[pins_table, pin_source, threshold_md, proposed, bundled_synonyms,
+                                              override_synonyms])
+
         def on_doc_select(evt: gr.SelectData):
             source = evt.row_value[0] if evt.row_value else ""
             return source, h.chunks_html(get_services(), source)
@@ -207,11 +267,13 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
         def on_log_select(evt: gr.SelectData):
             services = get_services()
             question_id = evt.row_value[0] if evt.row_value else None
-            question, source, section = h.pick_logged(services, question_id)
-            return (question_id, question, gr.Dropdown(choices=h.source_choices(services), value=source),
-                    gr.Dropdown(choices=h.section_choices(services, source), value=section), False)
+            # The expected source starts empty: staff choose it; it is never taken from the answer's citation.
+            return (question_id, h.pick_logged(services, question_id), lv.log_detail(services, question_id),
+                    gr.Dropdown(choices=h.source_choices(services), value=None), gr.Dropdown(choices=[], value=None),
+                    False)
 
-        log.select(on_log_select, outputs=[log_id, log_question, expected_source, expected_section, out_of_scope])
+        log.select(on_log_select,
+                   outputs=[log_id, log_question, log_detail, expected_source, expected_section, out_of_scope])
         # .input, not .change: picking a logged question sets the source and its article together.
         expected_source.input(
             lambda s: gr.Dropdown(choices=h.section_choices(get_services(), s), value=None), expected_source,
@@ -219,6 +281,31 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
         add_btn.click(lambda *a: h.add_to_golden(get_services(), *a),
                       [log_id, set_name, expected_source, expected_section, key_facts, out_of_scope], add_status).then(
             lambda: gr.Dropdown(choices=h.golden_choices(get_services())), outputs=golden)
+
+        # Staff levers: pins, the threshold preview, synonyms.
+        def on_pin_select(evt: gr.SelectData):
+            return evt.row_value[0] if evt.row_value else ""
+
+        pins_table.select(on_pin_select, outputs=pin_id)
+        pin_source.input(lambda s: gr.Dropdown(choices=h.section_choices(get_services(), s), value=None), pin_source,
+                         pin_section)
+        pin_btn.click(lambda *a: lv.add_pin(get_services(), *a),
+                      [pin_kind, pin_pattern, pin_text, pin_source, pin_section, pin_quote], pin_status).then(
+            lambda: lv.pin_rows(get_services()), outputs=pins_table)
+        unpin_btn.click(lambda p: lv.delete_pin(get_services(), p), pin_id, pin_status).then(
+            lambda: (lv.pin_rows(get_services()), ""), outputs=[pins_table, pin_id])
+
+        def on_score(t, progress=gr.Progress()):  # noqa: B008
+            preview.compute(get_services(), lambda n, total: progress((n, total), desc="计算中", unit="题"))
+            return lv.preview_threshold(get_services(), preview, t)
+
+        score_btn.click(on_score, proposed, [preview_md, preview_table, changed_table])
+        preview_btn.click(lambda t: lv.preview_threshold(get_services(), preview, t), proposed,
+                          [preview_md, preview_table, changed_table])
+        save_threshold_btn.click(lambda t: lv.save_threshold(get_services(), t), proposed, threshold_status).then(
+            lambda: lv.threshold_info(get_services())[0], outputs=threshold_md)
+        synonyms_btn.click(lambda t: lv.save_synonyms(get_services(), t), override_synonyms, synonyms_status)
+        expand_query.submit(lambda q: lv.try_expansion(get_services(), q), expand_query, expand_result)
 
         def on_topics(days):
             info, rows, chart, path = h.topics_report(get_services(), days, exports)

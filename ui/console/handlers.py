@@ -26,7 +26,7 @@ from ui.console import report
 from ui.console.runs import (
     GoldenSetError,
     RunStore,
-    add_golden_item,
+    add_eval_item,
     compare,
     golden_sets,
     run_record,
@@ -38,7 +38,7 @@ HIT_HEADERS = ["排名", "融合分", "词法分 BM25", "语义分 余弦", "词
 LOG_HEADERS = ["编号", "时间", "渠道", "问题", "拒答", "语义相似度", "检索判断", "引用", "评价", "意见"]
 LOG_VIEWS = ("全部", "已拒答", "低置信度")
 MODES = (("混合 hybrid（与对话相同）", "hybrid"), ("仅词法 bm25", "bm25"), ("仅语义 dense", "dense"))
-DEFAULT_STAFF_SET = "员工补充"
+DEFAULT_STAFF_SET = "staff"  # data_dir/evals/staff.jsonl
 TOPIC_HEADERS = ["话题", "提问数", "拒答", "差评 👎", "示例"]
 TOPIC_WINDOWS = (("近 7 天", 7), ("近 14 天", 14), ("近 4 周", 28), ("近 12 周", 84))
 CHART_TOPICS = 8  # the chart shows the most asked topics; the table and the CSV have them all
@@ -251,14 +251,11 @@ def staff_set_choices(services: Services) -> list[str]:
     return sets if DEFAULT_STAFF_SET in sets else [DEFAULT_STAFF_SET, *sets]
 
 
-def pick_logged(services: Services, log_id: float | None) -> tuple[str, str | None, str | None]:
-    """A logged question with the source and article it cited first: a starting point for the expected answer."""
+def pick_logged(services: Services, log_id: float | None) -> str:
+    """A logged question, to be given its expected source. Deliberately not pre-filled from what the answer cited:
+    an eval item that repeats the answer's own citation can only ever pass; staff choose the right document."""
     q = _logged(services, log_id)
-    if q is None:
-        return "", None, None
-    if not q.citations:
-        return q.question, None, None
-    return q.question, q.citations[0]["source"], q.citations[0]["section"].rsplit(" > ", 1)[-1] or None
+    return q.question if q else ""
 
 
 def add_to_golden(services: Services, log_id: float | None, set_name: str, source: str | None, section: str | None,
@@ -269,15 +266,17 @@ def add_to_golden(services: Services, log_id: float | None, set_name: str, sourc
     doc = next((d for d in services.knowledge.documents() if d.source == source), None)
     if not out_of_scope and doc is None:
         return fail("请选择预期出处（知识库中的文档），或勾选“应当拒答”")
+    # A follow-up is kept as the standalone query it was rewritten to: the log has not the turns before it.
+    question = q.query if q.query and q.query != q.question else q.question
     try:
         path = staff_set_path(services.settings.data_dir, set_name or DEFAULT_STAFF_SET)
-        item = add_golden_item(path, q.question, "" if out_of_scope else source or "", section or "",
-                               "无关" if out_of_scope else doc.category if doc else "",
-                               tuple(f.strip() for f in re.split(r"[,，;；\n]", key_facts or "") if f.strip()),
-                               out_of_scope, from_log=q.id)
+        item = add_eval_item(path, question, "" if out_of_scope else source or "", (section or "").strip(),
+                             "无关" if out_of_scope else doc.category if doc else "",
+                             tuple(f.strip() for f in re.split(r"[,，;；\n]", key_facts or "") if f.strip()),
+                             not out_of_scope, from_log=q.id, asked=q.question)
     except GoldenSetError as exc:
         return fail(str(exc))
-    where = "应当拒答" if out_of_scope else f"{item['expected_sources'][0]} {section or ''}".strip()
+    where = "应当拒答" if out_of_scope else f"{item['sources'][0]} {section or ''}".strip()
     return ok(f"已加入评测集 数据目录/{path.name}（{where}），可在“评测”里运行")
 
 

@@ -6,7 +6,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import evals
 from evals.golden import load_golden, parse_item
@@ -39,28 +39,32 @@ def staff_set_path(data_dir: Path, name: str) -> Path:
     return data_dir / "evals" / f"{name}.jsonl"
 
 
-def add_golden_item(path: Path, question: str, expected_source: str = "", expected_section: str = "",
-                    category: str = "", key_facts: tuple[str, ...] = (), out_of_scope: bool = False,
-                    from_log: int | None = None) -> dict:
-    """Append one question, in the format of evals/golden.jsonl, to a staff golden set (created if missing)."""
+def add_eval_item(path: Path, question: str, source: str = "", section: str = "", category: str = "",
+                  facts: tuple[str, ...] = (), answerable: bool = True, from_log: int | None = None,
+                  asked: str = "") -> dict:
+    """Append one question to a staff eval set in the format of evals/sets/dev.jsonl (`sources` are file stems,
+    `facts` any one of which is enough, `answerable`). `source` is what staff chose as the right document, never
+    what the answer cited. `asked`: the resident's own words when `question` is the query they were rewritten to."""
     question = (question or "").strip()
     if not question:
         raise GoldenSetError("问题不能为空")
-    if not out_of_scope and not expected_source:
+    if answerable and not source:
         raise GoldenSetError("请选择预期出处（文档），或勾选“应当拒答”")
     existing = load_golden(path) if path.is_file() and path.stat().st_size else []
     if any(item.question == question for item in existing):
         raise GoldenSetError(f"评测集 {path.name} 里已经有这个问题了")
     item = {
         "id": f"log-{from_log}" if from_log is not None else f"staff-{len(existing) + 1:03d}",
-        "category": category,
         "question": question,
+        "answerable": answerable,
+        "sources": [PurePosixPath(source).stem] if answerable else [],
+        "sections": [section] if answerable and section else [],
+        "facts": [f for f in facts if f] if answerable else [],
         "history": [],
-        "expected_sources": [] if out_of_scope else [expected_source],
-        "expected_sections": [] if out_of_scope or not expected_section else [expected_section],
-        "key_facts": [f for f in key_facts if f],
-        "out_of_scope": out_of_scope,
+        "category": category,
     }
+    if asked and asked != question:
+        item["asked"] = asked
     parse_item(item)  # the same reader the runner uses must accept it
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as fh:

@@ -1,17 +1,18 @@
-"""Admin API for scripts and CMS hooks: upload, delete, re-index, read the question log. Bearer XIAOYU_ADMIN_TOKEN."""
+"""Admin API for scripts and CMS hooks: upload, delete, re-index, read the question log, pin staff answers. Bearer
+XIAOYU_ADMIN_TOKEN."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
-from assistant.api.deps import DeskDep, KnowledgeDep, ServicesDep, StaffDep
+from assistant.api.deps import ChatDep, DeskDep, KnowledgeDep, ServicesDep, StaffDep
 from assistant.api.middleware import admin_refusal
-from assistant.api.schemas import ReplyIn, RequestDetail, RequestListed
+from assistant.api.schemas import PinIn, PinOut, ReplyIn, RequestDetail, RequestListed
 from assistant.state.questionlog import QuestionQuery
 from assistant.state.uploads import DocMeta
 from assistant.types import Channel, RequestStatus
@@ -174,3 +175,23 @@ def request_detail(desk: DeskDep, request_id: str) -> RequestDetail:
 async def reply(desk: DeskDep, request_id: str, body: ReplyIn) -> RequestDetail:
     """Answer (status answered) or close a request; the resident sees the reply in the widget or on WeChat."""
     return RequestDetail.of(await run_in_threadpool(desk.reply, request_id, body.reply, body.status))
+
+
+# ---- pinned answers (assistant/state/pins.py) ----------------------------------------------------------------------
+@router.get("/pins", response_model=list[PinOut])
+def pins(chat: ChatDep) -> list[PinOut]:
+    """Staff answers pinned to question patterns, oldest first (the first that matches a question answers it)."""
+    return [PinOut.of(p) for p in chat.pins()]
+
+
+@router.post("/pins", response_model=PinOut, status_code=201)
+def add_pin(chat: ChatDep, body: PinIn) -> PinOut:
+    """422 for a pattern that can't be used (bad regex, too long) and for a citation the knowledge base doesn't
+    hold: an unknown document or section, or a quote that is not in the document's text."""
+    return PinOut.of(chat.pin(body.kind, body.pattern, body.text, body.source, body.section, body.quote))
+
+
+@router.delete("/pins/{pin_id}", status_code=204)
+def delete_pin(chat: ChatDep, pin_id: str) -> Response:
+    chat.unpin(pin_id)
+    return Response(status_code=204)

@@ -21,7 +21,7 @@ from assistant.api.schemas import ChatRequest, ChatResponse, CitationOut
 from assistant.config import PROJECT_ROOT, Settings
 from assistant.errors import XiaoyuError
 from assistant.services import ChatService
-from assistant.state.ratelimit import RateLimiter
+from assistant.state.ratelimit import RateLimiter, limits_storage
 from assistant.types import Channel, EventType
 
 log = logging.getLogger("xiaoyu")
@@ -38,7 +38,10 @@ def install(app: FastAPI, settings: Settings) -> None:
     Access-Control-Allow-Origin and the widget on another site can read the Chinese message."""
     app.include_router(router)
     web = settings.web
-    limiter = RateLimiter(web.rate_limit_per_minute) if web.rate_limit_per_minute else None
+    limiter = None
+    if web.rate_limit_per_minute:  # with XIAOYU_REDIS_URL, every host counts a client's questions together
+        limiter = RateLimiter(web.rate_limit_per_minute,
+                              limits_storage(settings.redis_url.get_secret_value(), settings.redis_prefix))
     app.add_middleware(EmbedGuard, origins=OriginPolicy(web.cors_origins), limiter=limiter)
     if web.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=web.cors_origins, allow_methods=["GET", "POST", "DELETE"],

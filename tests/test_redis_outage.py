@@ -1,0 +1,45 @@
+"""Redis stopping after start (scaled out): residents get a clear 503 they may retry, never a 500, and the rate limit
+does not take questions down with it. A redis-server of this test's own, so stopping it harms no other test."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from fastapi.testclient import TestClient
+
+from assistant.api import create_app
+from assistant.config import StaffSettings, WebSettings
+from assistant.services import build_services
+from tests.conftest import _free_port, _wait_for_port, make_settings
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (scripts/test installs it)")
+    port = _free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_port(port, proc, "redis-server")
+    yield proc, f"redis://127.0.0.1:{port}/0"
+    proc.kill()
+    proc.wait(timeout=30)
+
+
+def test_a_redis_outage_after_start_is_a_503_with_a_message_not_a_500(own_redis, kb_data_dir, embedder, tmp_path):
+    proc, url = own_redis
+    data_dir = tmp_path / "data"
+    shutil.copytree(kb_data_dir, data_dir)
+    settings = make_settings(data_dir, redis_url=url, web=WebSettings(rate_limit_per_minute=5),
+                             staff=StaffSettings(console_enabled=False))
+    services = build_services(settings, embedder)
+    with TestClient(create_app(settings, services), raise_server_exceptions=False) as client:
+        assert client.post("/api/chat", json={"question": "物业费怎么交？"}).status_code == 200
+        proc.kill()
+        proc.wait(timeout=30)
+        res = client.post("/api/chat", json={"question": "物业费怎么交？", "session_id": "x" * 22})
+        assert res.status_code == 503, res.text
+        assert "稍后再试" in res.json()["detail"]
