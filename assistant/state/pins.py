@@ -64,7 +64,9 @@ class Pin:
         text = (f"{self.text.rstrip()}【1】\n（以上为工作人员提供的答复）\n\n相关条文：\n"
                 f"【1】《{self.title}》{leaf}：{self.quote}")
         citation = Citation(1, self.source, self.title, self.section, self.quote, self.chunk_id)
-        return Answer(text, (citation,), AnswerKind.ANSWERED, query or self.text, ComposeMode.TEMPLATE,
+        # Not ComposeMode.TEMPLATE: the log reads an answered template as small talk and leaves it out of the 高频诉求
+        # report; a pinned question is a resident's question. The note tells staff a pin answered.
+        return Answer(text, (citation,), AnswerKind.ANSWERED, query or self.text, ComposeMode.EXTRACTIVE,
                       notes=(f"{STAFF_NOTE}（{self.id}）",))
 
 

@@ -310,12 +310,41 @@ if v[1] == ARGV[1] and v[2] == '0' then
 end
 return 0
 """
+# The webhook's outbox (requests.py). KEYS[1]: the row. A missing 'notified' (a row from before the outbox) reads as
+# delivered, as SQLite's added column defaults to 1.
+# ARGV: now, the lease's end, 1 to claim only a due one. Claims the sending if nobody holds it: a claim is the lease's
+# end written in one step with the check, so of two processes claiming at once, one wins.
+_CLAIM_NOTIFICATION = """
+local v = redis.call('HMGET', KEYS[1], 'notified', 'notify_lease', 'notify_after')
+if v[1] ~= '0' then return 0 end
+local now = tonumber(ARGV[1])
+if tonumber(v[2] or '0') > now then return 0 end
+if ARGV[3] == '1' and tonumber(v[3] or '0') > now then return 0 end
+redis.call('HSET', KEYS[1], 'notify_lease', ARGV[2])
+return 1
+"""
+# KEYS: the row, the outbox index. ARGV: attempts, id.
+_MARK_NOTIFIED = """
+if redis.call('HGET', KEYS[1], 'notified') ~= '0' then return 0 end
+redis.call('HSET', KEYS[1], 'notified', '1', 'notify_lease', '0')
+redis.call('HINCRBY', KEYS[1], 'notify_attempts', ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"""
+# KEYS: the row. ARGV: the claim's token (its lease, as written), the next round's time, attempts.
+_RELEASE_NOTIFICATION = """
+local v = redis.call('HMGET', KEYS[1], 'notified', 'notify_lease')
+if v[1] ~= '0' or v[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'notify_lease', '0', 'notify_after', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'notify_attempts', ARGV[3])
+return 1
+"""
 
 
 class RedisRequestStore:
     """Hand-off requests (see requests.py): one hash per request, a sorted set per status by creation time (the staff
-    queue, oldest first, ties by id as in SQLite), one of the closed ones by last update (purge) and a set per session
-(undelivered)."""
+    queue, oldest first, ties by id as in SQLite), one of the closed ones by last update (purge), a set per session
+(undelivered) and the webhook's outbox, a sorted set of the unnotified ones by creation time."""
 
     def __init__(self, client: redis.Redis, prefix: str, clock: Callable[[], float] = time.time):
         self._r = client
@@ -323,6 +352,10 @@ class RedisRequestStore:
         self._clock = clock
         self._reply = client.register_script(_REPLY)
         self._mark = client.register_script(_MARK_DELIVERED)
+        self._claim = client.register_script(_CLAIM_NOTIFICATION)
+        self._notified = client.register_script(_MARK_NOTIFIED)
+        self._release = client.register_script(_RELEASE_NOTIFICATION)
+        self._outbox = f"{self._p}:unnotified"
 
     def _row(self, request_id: str) -> str:
         return f"{self._p}:{request_id}"
@@ -334,13 +367,14 @@ class RedisRequestStore:
         return f"{self._p}:session:{session_key}"
 
     def add(self, channel: str, session_key: str, message: str, contact: str, history: list[Turn],
-            answer_id: str | None = None) -> HelpRequest:
+            answer_id: str | None = None, notify: bool = False) -> HelpRequest:
         request_id = secrets.token_urlsafe(9)
         now = _num(self._clock())
         row = {"id": request_id, "created_at": now, "updated_at": now, "channel": str(channel),
                "session_key": session_key, "message": message, "contact": contact,
                "history": json.dumps([{"role": t.role, "content": t.content} for t in history], ensure_ascii=False),
-               "status": RequestStatus.OPEN.value, "reply": "", "delivered": "0"}
+               "status": RequestStatus.OPEN.value, "reply": "", "delivered": "0", "notified": "0" if notify else "1",
+               "notify_attempts": "0", "notify_after": _num(0), "notify_lease": _num(0)}
         if answer_id:
             row["answer_id"] = answer_id
         pipe = self._r.pipeline(transaction=True)
@@ -348,6 +382,8 @@ class RedisRequestStore:
         pipe.zadd(self._queue(None), {request_id: float(now)})
         pipe.zadd(self._queue(RequestStatus.OPEN), {request_id: float(now)})
         pipe.sadd(self._session(session_key), request_id)
+        if notify:
+            pipe.zadd(self._outbox, {request_id: float(now)})
         pipe.execute()
         return _request(row)
 
@@ -398,7 +434,27 @@ class RedisRequestStore:
         for queue in (self._queue(None), self._queue(RequestStatus.CLOSED), f"{self._p}:closed"):
             pipe.zrem(queue, request_id)
         pipe.srem(self._session(session_key), request_id)
+        pipe.zrem(self._outbox, request_id)
         return 1
+
+    # ---- the webhook's outbox (see RequestStore) -------------------------------------------------------------------
+    def unnotified(self, max_age: float, limit: int = 100) -> list[HelpRequest]:
+        # Older ones stay in the index (a wider window still finds them, as in SQLite) until retention purges them.
+        ids = self._r.zrangebyscore(self._outbox, _num(self._clock() - max_age), "+inf", start=0, num=limit)
+        found = [_request(row) for row in _rows(self._r, map(self._row, ids)) if row]
+        return sorted((r for r in found if not r.notified), key=lambda r: (r.created_at, r.id))
+
+    def claim_notification(self, request_id: str, lease: float, due_only: bool = True) -> HelpRequest | None:
+        now = self._clock()
+        claimed = self._claim(keys=[self._row(request_id)], args=[_num(now), _num(now + lease), int(due_only)])
+        return self.get(request_id) if claimed else None
+
+    def mark_notified(self, request_id: str, attempts: int) -> bool:
+        return bool(self._notified(keys=[self._row(request_id), self._outbox], args=[attempts, request_id]))
+
+    def release_notification(self, request_id: str, lease_token: float, attempts: int, retry_in: float) -> bool:
+        return bool(self._release(keys=[self._row(request_id)],
+                                  args=[_num(lease_token), _num(self._clock() + retry_in), attempts]))
 
 
 def _request(row: dict[str, str]) -> HelpRequest:
@@ -407,4 +463,6 @@ def _request(row: dict[str, str]) -> HelpRequest:
         id=row["id"], created_at=float(row["created_at"]), updated_at=float(row["updated_at"]), channel=row["channel"],
         session_key=row["session_key"], answer_id=row.get("answer_id"), message=row["message"],
         contact=row.get("contact", ""), history=history, status=RequestStatus(row["status"]),
-        reply=row.get("reply", ""), delivered=row.get("delivered") == "1")
+        reply=row.get("reply", ""), delivered=row.get("delivered") == "1", notified=row.get("notified", "1") == "1",
+        notify_attempts=int(row.get("notify_attempts", "0")), notify_after=float(row.get("notify_after", "0")),
+        notify_lease=float(row.get("notify_lease", "0")))
