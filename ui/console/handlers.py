@@ -17,6 +17,7 @@ import pandas as pd
 
 from assistant.errors import NotFound, XiaoyuError
 from assistant.services import Services
+from assistant.state.pins import STAFF_NOTE
 from assistant.state.questionlog import QuestionQuery
 from assistant.state.uploads import DocMeta
 from assistant.types import Channel, RequestStatus, TurnKind
@@ -138,6 +139,9 @@ def hit_test(services: Services, query: str, mode: str, top_k: float) -> tuple[s
     if answer.refused:
         why = "疑似提示注入（要求改变规则的指令），按规则拒答" if found.plan.kind is TurnKind.INJECTION else ev.reason
         verdict = f'<p class="verdict refuse">⛔ 小玉会<b>拒答</b>：{escape(why)}</p>'
+    elif any(n.startswith(STAFF_NOTE) for n in answer.notes):
+        verdict = (f'<p class="verdict answer">📌 小玉会用<b>{STAFF_NOTE}</b>作答（{escape(answer.notes[0])}），'
+                   f"不用下面的检索结果；检索本身的判断：{escape(ev.reason)}</p>")
     else:
         verdict = f'<p class="verdict answer">✅ 小玉会<b>作答</b>：{escape(ev.reason)}</p>'
     verdict += (f'<p class="muted">{figures} · 检索用的查询：{escape(retrieval.query)} · 模式 {escape(mode)}</p>'
