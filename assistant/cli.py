@@ -21,21 +21,28 @@ def _settings(args):
 
 
 def _progress():
-    """A tqdm bar per phase (files, then chunks) on a terminal; nothing when piped."""
+    """A tqdm bar per phase (files, then chunks and sentences) on a terminal, with tqdm's own rate and time left
+    ("12.3篇/s", "<00:41"); nothing when piped. The pipeline reports (phase, done, total), starting at done=0."""
     if not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
-    bars = {}
+    phases = {"files": ("读取文件", "篇"), "chunks": ("嵌入片段", "段"), "sentences": ("嵌入句子", "句")}
+    bars: dict = {}
 
     def update(phase: str, done: int, total: int) -> None:
-        label = {"files": "读取文件", "chunks": "嵌入片段", "sentences": "嵌入句子"}.get(phase, phase)
-        bar = bars.get(phase) or bars.setdefault(phase, tqdm(total=total, desc=label, unit="个", leave=True))
+        bar = bars.get(phase)
+        if bar is not None and done < bar.n:  # the phase starts over (the next folder): a bar, and a rate, of its own
+            bar.close()
+            bar = None
+        if bar is None:
+            label, unit = phases.get(phase, (phase, "个"))
+            bar = bars[phase] = tqdm(total=total, desc=label, unit=unit, leave=True, dynamic_ncols=True)
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)  # update(), not n=: tqdm's smoothed rate (and so the time left) follows the steps
         if done >= total:
             bar.close()
+            del bars[phase]
 
     return update
 

@@ -222,6 +222,8 @@ class ChatService:
         doc = catalog.docs.get((source or "").strip())
         if doc is None:
             raise BadQuestion(f"知识库中没有这个文档：{(source or '')[:100]}")
+        if doc.superseded_by:  # a superseded version is never cited (index/catalog.py supersede)
+            raise BadQuestion(f"《{doc.title}》是旧版本，已由 {doc.superseded_by} 取代，请引用新版本")
         section, quote = _text(section), _text(quote)
         chunks = [catalog.chunks[cid] for cid in doc.chunk_ids if cid in catalog.chunks]
         named = [c for c in chunks if section and section in (c.section, c.article, *c.section.split(" > "))]

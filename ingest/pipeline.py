@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.index.catalog import Catalog, DocRecord, IndexDir, IndexMoved
+from assistant.index.catalog import Catalog, DocRecord, IndexDir, IndexMoved, supersede
 from assistant.index.embedding import Embedder
 from assistant.index.lexical import LexicalIndex
 from assistant.index.sentences import provision_sentences, sentence_id
@@ -164,6 +164,8 @@ class IngestPipeline:
             manifest = self._manifest(base, report)
             files = discover(root)
             seen = set()
+            if progress:
+                progress("files", 0, len(files))  # the clock of a rate and a time left starts before the first file
             for i, path in enumerate(files, 1):
                 source = path.relative_to(base).as_posix()
                 seen.add(source)
@@ -244,6 +246,8 @@ class IngestPipeline:
     def _embed_missing(self, catalog: Catalog, report: IngestReport, progress: Progress | None) -> None:
         have = self.store.ids()
         todo = [c for c in catalog.chunks.values() if c.id not in have]
+        if progress and todo:
+            progress("chunks", 0, len(todo))
         for i in range(0, len(todo), self.batch_size):
             batch = todo[i : i + self.batch_size]
             vectors = np.asarray(self.embedder.embed_passages([c.text for c in batch]), dtype=np.float32)
@@ -259,6 +263,8 @@ class IngestPipeline:
         have = self.sentences.ids()
         todo = {sentence_id(t): t for c in catalog.chunks.values() for t in provision_sentences(c.body)}
         missing = [(i, t) for i, t in todo.items() if i not in have]
+        if progress and missing:
+            progress("sentences", 0, len(missing))
         for start in range(0, len(missing), self.batch_size):
             batch = missing[start : start + self.batch_size]
             vectors = np.asarray(self.embedder.embed_passages([t for _, t in batch]), dtype=np.float32)
@@ -267,13 +273,16 @@ class IngestPipeline:
                 progress("sentences", start + len(batch), len(missing))
 
     def _commit(self, catalog: Catalog, report: IngestReport, split_signature: str | None = None) -> None:
+        # Versions are settled here, where every change (ingest, upload, delete) passes: an older version retired,
+        # or reinstated when its newer one is gone. Retired chunks stay (vectors too), out of BM25 only.
+        catalog.docs = supersede(catalog.docs)
         # Chunks of removed docs must leave the catalog too.
         live = {cid for rec in catalog.docs.values() for cid in rec.chunk_ids}
         catalog.chunks = {cid: c for cid, c in catalog.chunks.items() if cid in live}
         catalog.embedder = self.embedder.name
         catalog.split_signature = split_signature or self.split_signature
         lexical = LexicalIndex(self.lexical.tokenizer)
-        ordered = list(catalog.chunks.values())
+        ordered = catalog.live_chunks()
         lexical.build([c.id for c in ordered], [c.text for c in ordered])
         self.index_dir.commit(catalog, lexical)
         # Garbage-collect vectors no generation needs; after the commit, so a crash here only leaves orphans.

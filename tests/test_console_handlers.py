@@ -30,7 +30,8 @@ def notice(tmp_path):
 def test_document_rows_list_every_document_with_its_metadata_and_chunk_count(kb_services):
     rows = {r[0]: r for r in h.document_rows(kb_services)}
     assert len(rows) == 13
-    source, title, category, issuer, date, chunks, ingested = rows["物业/物业管理条例.md"]
+    source, title, category, issuer, date, chunks, ingested, status = rows["物业/物业管理条例.md"]
+    assert status == "现行"
     assert (title, category, issuer, date) == ("物业管理条例", "物业", "国务院", "2018-03-19")
     assert chunks == len(kb_services.knowledge.chunks_of(source)) > 50
     assert ingested[:2] == "20"

@@ -6,6 +6,10 @@ half-written. Chroma may hold vectors of a failed run, but retrieval only trusts
 
 With a Chroma server (SharedIndexDir) the server holds the truth, catalog included, and each host's index dir is a
 mirror of the server's committed generation: a host that never ingested pulls it, rebuilds BM25 and serves.
+
+Versions: a document whose title another one shares with a later date is superseded (supersede() below). It keeps its
+record, text, chunks and vectors, so that deleting the newer version reinstates it without embedding anything, but
+it is retired: BM25 is built without its chunks and retrieval drops them from the dense hits.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
+import unicodedata
 import uuid
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +56,9 @@ class DocRecord:
     chunk_ids: tuple[str, ...]
     chars: int
     ingested_at: str
+    # The source of the newer version of this document ("" while it is the current one). A default, so that records
+    # written before versions existed (a data dir's catalog.json, a Chroma server's doc records) still load.
+    superseded_by: str = ""
 
 
 @dataclass
@@ -59,6 +69,15 @@ class Catalog:
     chunks: dict[str, Chunk] = field(default_factory=dict)
     generation: int = 0
     commit: str = ""  # a random id per commit: two data dirs' "generation 5" are told apart when mirroring a server
+
+    def retired(self) -> frozenset[str]:
+        """Ids of the chunks of superseded documents: kept in the catalog and the store, never retrieved."""
+        return frozenset(cid for rec in self.docs.values() if rec.superseded_by for cid in rec.chunk_ids)
+
+    def live_chunks(self) -> list[Chunk]:
+        """The chunks retrieval may return, in catalog order (BM25 is built over exactly these)."""
+        retired = self.retired()
+        return [c for cid, c in self.chunks.items() if cid not in retired]
 
     def to_json(self) -> dict:
         return {
@@ -76,6 +95,52 @@ class Catalog:
         chunks = {c["id"]: Chunk(**c) for c in data["chunks"]}
         return cls(data["embedder"], data["split_signature"], docs, chunks, data["generation"],
                    data.get("commit", ""))
+
+
+# "（2020年修正）", "（2017年修改）", "（2019年10月26日修订）": the suffix of one version's title. Not "（1999年）": each
+# 宪法修正案 of that form is a document of its own, not a version of the others; nor "（七）" or "（试行）".
+_REVISION = re.compile(r"\(\d{4}年(?:\d{1,2}月(?:\d{1,2}日)?)?(?:修正|修订|修改)(?:本|文本)?\)$")
+
+
+def version_key(title: str) -> str:
+    """What the versions of one document share: "《中华人民共和国 刑法》（2020年修正）" → "中华人民共和国刑法"."""
+    key = re.sub(r"\s+", "", unicodedata.normalize("NFKC", title or "")).replace("《", "").replace("》", "")
+    return _REVISION.sub("", key)
+
+
+def _date_parts(date: str) -> tuple[int, ...]:
+    """"2018-03-19" → (2018, 3, 19); "2024年5月" → (2024, 5); "20180319" → (2018, 3, 19); "" → ()."""
+    parts = re.findall(r"\d+", date or "")
+    if len(parts) == 1 and len(parts[0]) == 8:
+        parts = [parts[0][:4], parts[0][4:6], parts[0][6:]]
+    return tuple(int(p) for p in parts[:3])
+
+
+def _later(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether date `a` is known to come after `b`. A missing date, or one that agrees with the other as far as both
+    go ("2024-05" and "2024-05-01"), orders nothing: two such versions both stay live, because retiring either on a
+    guess could hide the text in force, while two live versions only cost a duplicate hit."""
+    n = min(len(a), len(b))
+    return n > 0 and a[:n] > b[:n]
+
+
+def supersede(docs: dict[str, DocRecord]) -> dict[str, DocRecord]:
+    """`docs` with each record's superseded_by set: the newest of the documents that share its version_key() and
+    carry a later date, or "" when there is none. Derived from the records alone, at every commit, so that a newer
+    version retires an older one whatever order they arrive in, and deleting the newer reinstates the older."""
+    versions: dict[str, list[tuple[tuple[int, ...], str]]] = defaultdict(list)
+    for source, rec in docs.items():
+        key = version_key(rec.title)
+        if key:
+            versions[key].append((_date_parts(rec.date), source))
+    out = {}
+    for source, rec in docs.items():
+        mine = _date_parts(rec.date)
+        newer = sorted((d, s) for d, s in versions.get(version_key(rec.title), ()) if _later(d, mine))
+        # The newest; of two newest with the same date (both live), the first source, so the choice is stable.
+        by = max(newer, key=lambda pair: pair[0])[1] if newer else ""
+        out[source] = rec if rec.superseded_by == by else dataclasses.replace(rec, superseded_by=by)
+    return out
 
 
 class IndexDir:
@@ -247,7 +312,7 @@ class SharedIndexDir(IndexDir):
             else:
                 raise RuntimeError(f"Chroma server: the index kept changing during {self.PULL_ATTEMPTS} pulls")
             lexical = LexicalIndex(tokenizer)
-            ordered = list(catalog.chunks.values())
+            ordered = catalog.live_chunks()
             lexical.build([c.id for c in ordered], [c.text for c in ordered])
             self._write(catalog, lexical)
         log.info("index: pulled generation %d from the Chroma server (%d documents, %d chunks)",

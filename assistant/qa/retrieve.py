@@ -28,6 +28,7 @@ log = logging.getLogger("xiaoyu")
 Mode = Literal["hybrid", "bm25", "dense"]
 Ranked = tuple[tuple[str, float], ...]  # (chunk id, score), best first
 SentenceScores = dict[str, tuple[tuple[str, float], ...]]  # chunk id → (sentence, cosine to the query), in order
+RETIRED_OVERFETCH = 500  # at most this many extra dense results to make up for superseded versions' chunks
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class Candidates:
 class _Snapshot:
     catalog: Catalog
     lexical: LexicalIndex
-    tokens: dict[str, frozenset[str]]  # chunk id → its content words, for the coverage evidence
+    retired: frozenset[str]  # chunks of superseded versions (catalog.py supersede): in the store, never returned
+    tokens: dict[str, frozenset[str]]  # chunk id → its content words, for the coverage evidence (live chunks only)
     idf: dict[str, float]  # word → idf over live chunks; unseen words get the maximum
     max_idf: float
 
@@ -135,11 +137,11 @@ class HybridRetriever:
     def _load(self) -> _Snapshot:
         lexical = LexicalIndex(self.tokenizer)
         catalog = self.index_dir.load(lexical)
-        tokens = {cid: frozenset(self.tokenizer.tokens(c.text)) for cid, c in catalog.chunks.items()}
+        tokens = {c.id: frozenset(self.tokenizer.tokens(c.text)) for c in catalog.live_chunks()}
         df = Counter(t for words in tokens.values() for t in words)
         n = len(tokens)
         idf = {t: math.log(1 + n / (1 + d)) for t, d in df.items()}
-        return _Snapshot(catalog, lexical, tokens, idf, math.log(1 + n))
+        return _Snapshot(catalog, lexical, catalog.retired(), tokens, idf, math.log(1 + n))
 
     def reload(self) -> None:
         """Pick up a newly committed generation. Requests in flight keep the snapshot they started with: each
@@ -182,14 +184,19 @@ class HybridRetriever:
         expanded = self.expander.expand(query)
         lexical: Ranked = ()
         if mode != "dense":
-            lexical = tuple(snap.lexical.search(expanded if s.expand_lexical else query, n))
+            # BM25 is built without retired chunks (pipeline._commit, SharedIndexDir.sync); this only double-checks.
+            lexical = tuple((cid, sc) for cid, sc in snap.lexical.search(expanded if s.expand_lexical else query, n)
+                            if cid not in snap.retired)
         dense: Ranked = ()
         vector = None
         if mode != "bm25" and snap.catalog.chunks:
             vector = self.embedder.embed_query(expanded if s.expand_dense else query)
-            # Over-fetch: the store may hold vectors of chunks that are no longer live (see catalog.py).
-            raw = self.store.query(vector, n + 10)
-            dense = tuple((cid, sc) for cid, sc in raw if cid in snap.catalog.chunks)[:n]
+            # Over-fetch: the store may hold vectors of chunks that are no longer live (see catalog.py), and holds
+            # those of superseded versions, which sit right beside their successors' (capped: a few old versions
+            # is the usual case; past the cap fewer dense hits may come back, never a retired one).
+            raw = self.store.query(vector, n + 10 + min(len(snap.retired), RETIRED_OVERFETCH))
+            dense = tuple((cid, sc) for cid, sc in raw
+                          if cid in snap.catalog.chunks and cid not in snap.retired)[:n]
         fused = fuse(snap.catalog.chunks, lexical, dense, s.rrf_k,
                      s.lexical_weight if mode != "dense" else 0.0, s.dense_weight if mode != "bm25" else 0.0)
         ranked = diversify(fused, s.max_per_source)

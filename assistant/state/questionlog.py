@@ -49,6 +49,11 @@ _ADDED_COLUMNS = {
 }
 
 
+def citation_rows(answer: Answer) -> list[dict]:
+    """What the log keeps of an answer's citations (the quote is in the answer text)."""
+    return [{"index": c.index, "source": c.source, "title": c.title, "section": c.section} for c in answer.citations]
+
+
 @dataclass(frozen=True)
 class LoggedQuestion:
     id: int
@@ -148,15 +153,8 @@ class QuestionLog:
         self._migrate()
 
     def _migrate(self) -> None:
+        self._db.add_columns("questions", _ADDED_COLUMNS)
         with self._db.connect() as db:
-            have = {row["name"] for row in db.execute("PRAGMA table_info(questions)")}
-            for name, decl in _ADDED_COLUMNS.items():
-                if name not in have:
-                    try:
-                        db.execute(f"ALTER TABLE questions ADD COLUMN {name} {decl}")
-                    except sqlite3.OperationalError as exc:  # another process added it a moment ago
-                        if "duplicate column" not in str(exc):
-                            raise
             # After the columns: an old file gets its answer_id column first.
             db.execute("CREATE UNIQUE INDEX IF NOT EXISTS questions_by_answer ON questions(answer_id)")
 
@@ -165,8 +163,7 @@ class QuestionLog:
 
     def record(self, channel: str, user: str | None, question: str, answer: Answer, latency_ms: float,
                evidence: Evidence | None = None) -> int:
-        citations = [{"index": c.index, "source": c.source, "title": c.title, "section": c.section}
-                     for c in answer.citations]
+        citations = citation_rows(answer)
         with self._db.connect() as db:
             cur = db.execute(
                 "INSERT INTO questions (ts, channel, user_hash, question, query, answer, refused, mode, citations,"

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from assistant.state.questionlog import AskedQuestion, LoggedQuestion, QuestionQuery, user_hash
+from assistant.state.questionlog import AskedQuestion, LoggedQuestion, QuestionQuery, citation_rows, user_hash
 from assistant.state.requests import HelpRequest, owned_by
 from assistant.types import Answer, ComposeMode, Evidence, RequestStatus, Turn
 
@@ -174,8 +174,7 @@ class RedisQuestionLog:
 
     def record(self, channel: str, user: str | None, question: str, answer: Answer, latency_ms: float,
                evidence: Evidence | None = None) -> int:
-        citations = [{"index": c.index, "source": c.source, "title": c.title, "section": c.section}
-                     for c in answer.citations]
+        citations = citation_rows(answer)
         question_id = int(self._r.incr(f"{self._p}:next"))  # one sequence for every host
         ts = self._clock()
         row: dict[str, str] = {

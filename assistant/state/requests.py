@@ -105,15 +105,8 @@ class RequestStore:
         self._migrate()
 
     def _migrate(self) -> None:
+        self._db.add_columns("requests", _ADDED_COLUMNS)
         with self._db.connect() as db:
-            have = {row["name"] for row in db.execute("PRAGMA table_info(requests)")}
-            for name, decl in _ADDED_COLUMNS.items():
-                if name not in have:
-                    try:
-                        db.execute(f"ALTER TABLE requests ADD COLUMN {name} {decl}")
-                    except sqlite3.OperationalError as exc:  # another process added it a moment ago
-                        if "duplicate column" not in str(exc):
-                            raise
             # After the columns. Partial: the outbox is the few undelivered ones, not the whole history.
             db.execute("CREATE INDEX IF NOT EXISTS requests_unnotified ON requests(created_at) WHERE notified = 0")
 

@@ -32,3 +32,16 @@ class SQLiteFile:
             self._local.db = db
         with db:
             yield db
+
+    def add_columns(self, table: str, columns: dict[str, str]) -> None:
+        """ALTER TABLE ADD COLUMN for each of `columns` (name -> declaration) the table lacks: files written by an
+        older release keep working. Several processes may start at once; a column another one just added is fine."""
+        with self.connect() as db:
+            have = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns.items():
+                if name not in have:
+                    try:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+                    except sqlite3.OperationalError as exc:
+                        if "duplicate column" not in str(exc):
+                            raise

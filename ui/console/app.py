@@ -59,7 +59,7 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
             with gr.Tab("知识库", id="kb"):
                 kb_info = gr.Markdown()
                 docs = gr.Dataframe(headers=h.DOC_HEADERS, interactive=False, wrap=True, max_height=380,
-                                    column_widths=["22%", "26%", "7%", "17%", "10%", "7%", "11%"])
+                                    column_widths=["18%", "20%", "6%", "14%", "9%", "6%", "11%", "16%"])
                 with gr.Row():
                     with gr.Column(scale=3):
                         selected = gr.Textbox(label="选中的文档", interactive=False)

@@ -34,7 +34,7 @@ from ui.console.runs import (
     staff_set_path,
 )
 
-DOC_HEADERS = ["文档", "标题", "分类", "发文机关", "日期", "片段数", "导入时间"]
+DOC_HEADERS = ["文档", "标题", "分类", "发文机关", "日期", "片段数", "导入时间", "状态"]
 HIT_HEADERS = ["排名", "融合分", "词法分 BM25", "语义分 余弦", "词法名次", "语义名次", "文档", "条文"]
 LOG_HEADERS = ["编号", "时间", "渠道", "问题", "拒答", "语义相似度", "检索判断", "引用", "评价", "意见"]
 LOG_VIEWS = ("全部", "已拒答", "低置信度")
@@ -55,13 +55,21 @@ def fail(text: str) -> str:
 
 # ---- knowledge base ---------------------------------------------------------------------------------------------
 def document_rows(services: Services) -> list[list]:
-    return [[d.source, d.title, d.category, d.issuer, d.date, len(d.chunk_ids), _local_time(d.ingested_at)]
-            for d in services.knowledge.documents()]
+    return [[d.source, d.title, d.category, d.issuer, d.date, len(d.chunk_ids), _local_time(d.ingested_at),
+             doc_status(d.superseded_by)] for d in services.knowledge.documents()]
+
+
+def doc_status(superseded_by: str) -> str:
+    """The documents table's 状态: a superseded version is kept but no longer answers (index/catalog.py)."""
+    return f"旧版本，已由 {superseded_by} 取代，不再检索" if superseded_by else "现行"
 
 
 def kb_summary(services: Services) -> str:
     docs = services.knowledge.documents()
-    return f"知识库共 {len(docs)} 篇文档、{sum(len(d.chunk_ids) for d in docs)} 个片段。点选一行查看它的片段。"
+    old = sum(1 for d in docs if d.superseded_by)
+    retired = f"（其中 {old} 篇是已被新版本取代的旧版本，不再检索）" if old else ""
+    return (f"知识库共 {len(docs)} 篇文档、{sum(len(d.chunk_ids) for d in docs)} 个片段{retired}。"
+            "点选一行查看它的片段。")
 
 
 def upload_document(services: Services, file_path: str | None, title: str, category: str, issuer: str,

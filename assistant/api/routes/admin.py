@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from assistant.api.deps import ChatDep, DeskDep, KnowledgeDep, ServicesDep, StaffDep
 from assistant.api.middleware import admin_refusal
@@ -59,6 +59,8 @@ class DocumentOut(BaseModel):
     date: str
     chunks: int
     ingested_at: str
+    superseded_by: str | None = Field(None, description="the source of the newer version of this document, which "
+                                      "answers instead of it; null while this one is current")
 
 
 class UploadOut(BaseModel):
@@ -102,7 +104,8 @@ class TopicOut(BaseModel):
 @router.get("/documents", response_model=list[DocumentOut])
 def documents(knowledge: KnowledgeDep) -> list[DocumentOut]:
     return [DocumentOut(source=d.source, title=d.title, category=d.category, issuer=d.issuer, date=d.date,
-                        chunks=len(d.chunk_ids), ingested_at=d.ingested_at) for d in knowledge.documents()]
+                        chunks=len(d.chunk_ids), ingested_at=d.ingested_at, superseded_by=d.superseded_by or None)
+            for d in knowledge.documents()]
 
 
 @router.post("/documents", response_model=UploadOut, status_code=201)
