@@ -49,6 +49,7 @@ from assistant.types import (
     Retrieval,
     StreamEvent,
     Turn,
+    TurnKind,
 )
 from ingest.pipeline import IngestPipeline, IngestReport, Progress
 from ingest.splitter import ChineseSplitter
@@ -172,7 +173,8 @@ class ChatService:
                     self._sessions.append(key, Turn("user", plan.question), Turn("assistant", answer.text[:300]))
                 self._questions.record(channel, user or session_id, plan.question, answer,
                                        (time.perf_counter() - started) * 1000,
-                                       retrieval.evidence if retrieval else None)
+                                       retrieval.evidence if retrieval else None,
+                                       plan.history if plan.kind is TurnKind.FOLLOW_UP else ())
                 if self._retention is not None:
                     self._retention.maybe_run()
                 event = replace(event, answer=answer)
@@ -449,7 +451,8 @@ def _is_token(value: str | None) -> bool:
 
 
 def masked_question(q: LoggedQuestion) -> LoggedQuestion:
-    return replace(q, question=mask(q.question), query=mask(q.query), answer=mask(q.answer), comment=mask(q.comment))
+    return replace(q, question=mask(q.question), query=mask(q.query), answer=mask(q.answer), comment=mask(q.comment),
+                   condensed_with=tuple(Turn(t.role, mask(t.content)) for t in q.condensed_with))
 
 
 class RequestDesk:

@@ -441,3 +441,16 @@ def test_an_unusable_redis_url_stops_the_start_naming_the_url_without_its_passwo
     for error in (services_error, limits_error):
         assert "127.0.0.1:1" in str(error.value) and "hunter2" not in str(error.value)
     assert isinstance(services_error.value, ValueError)
+
+
+def test_a_follow_ups_history_is_logged_with_it_and_masked_for_staff(backend):
+    from assistant.services import masked_question
+
+    log = backend.log(time.time)
+    history = (Turn("user", "物业费怎么交？我电话13812345678"), Turn("assistant", "按合同约定交纳。"))
+    log.record("web", "u", "那多久交一次？", Answer("按季度。", (), AnswerKind.ANSWERED, answer_id="a1"), 3.0,
+               condensed_with=history)
+    log.record("web", "u", "入党要什么条件？", Answer("年满十八岁。", (), AnswerKind.ANSWERED, answer_id="a2"), 3.0)
+    follow, alone = sorted(log.recent(), key=lambda q: q.id)
+    assert follow.condensed_with == history and alone.condensed_with == ()
+    assert masked_question(follow).condensed_with[0].content == "物业费怎么交？我电话138****5678"

@@ -230,3 +230,14 @@ def test_a_synonym_table_with_a_broken_line_is_refused_and_the_old_one_kept(kb_s
     assert status.startswith("❌") and "第 2 行" in status
     assert kb_services.knowledge.synonyms()[1] == "居委会 居民委员会\n"
     assert kb_services.knowledge.expand("居委会在哪") == "居委会在哪（居民委员会）"
+
+
+def test_the_log_detail_shows_the_turns_a_follow_up_was_condensed_with(kb_services):
+    first = kb_services.chat.ask("调解协议怎么申请司法确认？我电话13812345678", start_session=True)
+    kb_services.chat.ask("要多久？", session_id=first.session_id)
+    logged = {q.question: q for q in kb_services.staff.questions()}  # masked, as staff see them
+    follow, alone = logged["要多久？"], logged["调解协议怎么申请司法确认？我电话138****5678"]
+    assert [t.role for t in follow.condensed_with] == ["user", "assistant"] and alone.condensed_with == ()
+    shown = lv.log_detail(kb_services, follow.id)
+    assert "结合的对话上文" in shown and "138****5678" in shown and "13812345678" not in shown
+    assert "结合的对话上文" not in lv.log_detail(kb_services, alone.id)

@@ -14,10 +14,11 @@ import atexit
 import logging
 import queue
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from assistant.state.questionlog import AskedQuestion, LoggedQuestion, QuestionQuery, Questions
-from assistant.types import Answer, Evidence
+from assistant.types import Answer, Evidence, Turn
 
 log = logging.getLogger("xiaoyu")
 
@@ -33,8 +34,8 @@ class BackgroundLog:
         atexit.register(self.close)  # a CLI run or a server stopping writes its last rows before it exits
 
     def record(self, channel: str, user: str | None, question: str, answer: Answer, latency_ms: float,
-               evidence: Evidence | None = None) -> None:
-        row = (channel, user, question, answer, latency_ms, evidence)
+               evidence: Evidence | None = None, condensed_with: Sequence[Turn] = ()) -> None:
+        row = (channel, user, question, answer, latency_ms, evidence, tuple(condensed_with))
         if not self._thread.is_alive():
             self._log.record(*row)  # after close(): nobody would drain the queue
             return

@@ -12,13 +12,13 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from assistant.state.sqlite import SQLiteFile
-from assistant.types import Answer, ComposeMode, Evidence
+from assistant.types import Answer, ComposeMode, Evidence, Turn
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS questions (
@@ -46,7 +46,16 @@ _ADDED_COLUMNS = {
     "rating": "TEXT",  # "up" | "down" | NULL (not rated); a second rating replaces the first
     "comment": "TEXT NOT NULL DEFAULT ''",  # the resident's reason, with a 👎
     "rated_at": "REAL",
+    "condensed_with": "TEXT NOT NULL DEFAULT '[]'",  # a follow-up's history turns, as JSON (staff see what it leant on)
 }
+
+
+def turns_json(turns: Sequence[Turn]) -> str:
+    return json.dumps([{"role": t.role, "content": t.content} for t in turns], ensure_ascii=False)
+
+
+def turns_of(text: str | None) -> tuple[Turn, ...]:
+    return tuple(Turn(t["role"], t["content"]) for t in json.loads(text or "[]"))
 
 
 def citation_rows(answer: Answer) -> list[dict]:
@@ -75,6 +84,7 @@ class LoggedQuestion:
     rating: str | None = None
     comment: str = ""
     rated_at: float | None = None
+    condensed_with: tuple[Turn, ...] = ()  # the turns a follow-up was condensed with (none for a standalone question)
 
 
 SECRET_FILE = "install-secret"
@@ -136,7 +146,7 @@ class Questions(Protocol):
 
     def hash_user(self, user: str | None) -> str: ...
     def record(self, channel: str, user: str | None, question: str, answer: Answer, latency_ms: float,
-               evidence: Evidence | None = None) -> int | None: ...
+               evidence: Evidence | None = None, condensed_with: Sequence[Turn] = ()) -> int | None: ...
     def rate(self, answer_id: str, rating: str, comment: str = "") -> bool: ...
     def by_answer(self, answer_id: str) -> LoggedQuestion | None: ...
     def purge(self, before: float) -> int: ...
@@ -162,17 +172,17 @@ class QuestionLog:
         return user_hash(self._salt, user)
 
     def record(self, channel: str, user: str | None, question: str, answer: Answer, latency_ms: float,
-               evidence: Evidence | None = None) -> int:
+               evidence: Evidence | None = None, condensed_with: Sequence[Turn] = ()) -> int:
         citations = citation_rows(answer)
         with self._db.connect() as db:
             cur = db.execute(
                 "INSERT INTO questions (ts, channel, user_hash, question, query, answer, refused, mode, citations,"
-                " latency_ms, notes, dense_top, overlap, evidence, answer_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " latency_ms, notes, dense_top, overlap, evidence, answer_id, condensed_with)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (self._clock(), channel, self.hash_user(user), question, answer.query, answer.text, int(answer.refused),
                  answer.mode, json.dumps(citations, ensure_ascii=False), latency_ms, "; ".join(answer.notes),
                  evidence.dense_top if evidence else None, evidence.overlap if evidence else None,
-                 evidence.reason if evidence else "", answer.answer_id),
+                 evidence.reason if evidence else "", answer.answer_id, turns_json(condensed_with)),
             )
             return int(cur.lastrowid)
 
@@ -238,4 +248,5 @@ class QuestionLog:
 
 
 def _logged(row: sqlite3.Row) -> LoggedQuestion:
-    return LoggedQuestion(**{**dict(row), "refused": bool(row["refused"]), "citations": json.loads(row["citations"])})
+    return LoggedQuestion(**{**dict(row), "refused": bool(row["refused"]), "citations": json.loads(row["citations"]),
+                             "condensed_with": turns_of(row["condensed_with"])})

@@ -12,12 +12,20 @@ import json
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
 
-from assistant.state.questionlog import AskedQuestion, LoggedQuestion, QuestionQuery, citation_rows, user_hash
+from assistant.state.questionlog import (
+    AskedQuestion,
+    LoggedQuestion,
+    QuestionQuery,
+    citation_rows,
+    turns_json,
+    turns_of,
+    user_hash,
+)
 from assistant.state.requests import HelpRequest, owned_by
 from assistant.types import Answer, ComposeMode, Evidence, RequestStatus, Turn
 
@@ -173,7 +181,7 @@ class RedisQuestionLog:
         return user_hash(self._salt, user)
 
     def record(self, channel: str, user: str | None, question: str, answer: Answer, latency_ms: float,
-               evidence: Evidence | None = None) -> int:
+               evidence: Evidence | None = None, condensed_with: Sequence[Turn] = ()) -> int:
         citations = citation_rows(answer)
         question_id = int(self._r.incr(f"{self._p}:next"))  # one sequence for every host
         ts = self._clock()
@@ -182,7 +190,7 @@ class RedisQuestionLog:
             "query": answer.query, "answer": answer.text, "refused": str(int(answer.refused)),
             "mode": str(answer.mode), "citations": json.dumps(citations, ensure_ascii=False),
             "latency_ms": _num(latency_ms), "notes": "; ".join(answer.notes),
-            "evidence": evidence.reason if evidence else "", "comment": "",
+            "evidence": evidence.reason if evidence else "", "comment": "", "condensed_with": turns_json(condensed_with),
         }
         if evidence:
             row |= {"dense_top": _num(evidence.dense_top), "overlap": _num(evidence.overlap)}
@@ -282,7 +290,8 @@ def _logged(question_id: int, row: dict[str, str]) -> LoggedQuestion:
         mode=row.get("mode", ""), citations=json.loads(row.get("citations", "[]")),
         latency_ms=float(row["latency_ms"]), notes=row.get("notes", ""), dense_top=_opt(row.get("dense_top")),
         overlap=_opt(row.get("overlap")), evidence=row.get("evidence", ""), answer_id=row.get("answer_id"),
-        rating=row.get("rating"), comment=row.get("comment", ""), rated_at=_opt(row.get("rated_at")))
+        rating=row.get("rating"), comment=row.get("comment", ""), rated_at=_opt(row.get("rated_at")),
+        condensed_with=turns_of(row.get("condensed_with")))
 
 
 # ---- hand-off requests -------------------------------------------------------------------------------------------

@@ -192,8 +192,10 @@ def log_detail(services: Services, log_id: float | None) -> str:
     rewritten = q.query and q.query != q.question
     query = (f"<p><b>改写后的检索查询：</b>{escape(q.query)}（追问，结合了之前的对话）</p>" if rewritten else
              f"<p><b>检索查询：</b>{escape(q.query or q.question)}（未改写）</p>")
-    # The log keeps the condensed query, not the turns it was condensed with (state/questionlog.py has no column).
-    history = "<p class='muted'>对话上文未记录：改写后的查询即为结合上文得到的检索内容。</p>" if rewritten else ""
+    turns = "".join(f"<li>{'居民' if t.role == 'user' else '小玉'}：{escape(t.content[:200])}</li>"
+                    for t in q.condensed_with)
+    history = (f"<p><b>结合的对话上文：</b></p><ul>{turns}</ul>" if turns else
+               "<p class='muted'>对话上文未记录（较早的记录）。</p>" if rewritten else "")
     cited = "；".join(f"【{c['index']}】{c['source']} {c['section'].rsplit(' > ', 1)[-1]}" for c in q.citations)
     return (f'<div class="xy-report"><h2>提问 {q.id}（{escape(q.channel)} · '
             f"{datetime.fromtimestamp(q.ts):%Y-%m-%d %H:%M}）</h2>"
