@@ -145,28 +145,12 @@ def _free_port() -> int:
 
 
 def _start_chroma(path: Path, port: int):
-    """`chroma run` (shipped with chromadb) on loopback over `path`, once it listens."""
-    import shutil
-    import socket
-    import subprocess
-    import time
+    from assistant.index.store import start_server
 
-    exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([exe, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"chroma run 启动失败（退出码 {proc.returncode}）")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.terminate()
-                raise SystemExit(f"chroma run 在 60 秒内没有监听端口 {port}") from None
-            time.sleep(0.1)
+    try:
+        return start_server(path, port)
+    except RuntimeError as exc:
+        raise SystemExit(f"chroma run 启动失败：{exc}") from None
 
 
 def cmd_ask(args) -> int:

