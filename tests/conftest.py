@@ -235,3 +235,49 @@ def chroma_server(path: Path) -> Iterator[tuple[str, int]]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+class WebhookReceiver:
+    """A real HTTP server on 127.0.0.1 standing in for the office's ticket system: records every POST and answers
+    with the next of `statuses` (the last repeats). `port` 0 picks a free one; a given port refuses connections
+    until the receiver is made there (the receiver is down)."""
+
+    def __init__(self, statuses=(200,), port: int = 0):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.statuses = list(statuses)
+        self.arrived = threading.Event()  # set by the first POST answered with a success
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver._lock:
+                    receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                if status < 300:
+                    receiver.arrived.set()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/xiaoyu"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def deliveries(self) -> list[str]:
+        """The X-Xiaoyu-Delivery of each POST, in arrival order."""
+        from assistant.state.webhook import DELIVERY_HEADER
+
+        with self._lock:
+            return [headers[DELIVERY_HEADER.lower()] for headers, _ in self.received]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

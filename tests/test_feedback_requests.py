@@ -9,8 +9,6 @@ import hashlib
 import hmac
 import json
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,7 +17,7 @@ from assistant.api import create_app
 from assistant.config import RequestSettings, StaffSettings, WebSettings
 from assistant.services import build_services
 from assistant.state.webhook import SIGNATURE_HEADER
-from tests.conftest import make_settings
+from tests.conftest import WebhookReceiver, make_settings
 from tests.test_wechat import QUESTION, make_wechat, wechat_api  # noqa: F401  (fixtures)
 from ui.console import handlers as h
 
@@ -261,45 +259,12 @@ def test_retention_zero_keeps_everything(kb_data_dir, embedder, tmp_path):
 
 
 # ---- webhook -------------------------------------------------------------------------------------------------------
-class Receiver:
-    """A real HTTP server on 127.0.0.1 standing in for the office's ticket system: records what it is sent and
-    answers with the next of `statuses` (the last repeats)."""
-
-    def __init__(self, statuses=(200,)):
-        self.received: list[tuple[dict, bytes]] = []
-        self.statuses = list(statuses)
-        self.arrived = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                if status < 300:
-                    receiver.arrived.set()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/xiaoyu"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver():
     made = []
 
-    def make(statuses=(200,)) -> Receiver:
-        made.append(Receiver(statuses))
+    def make(statuses=(200,)) -> WebhookReceiver:
+        made.append(WebhookReceiver(statuses))
         return made[-1]
 
     yield make

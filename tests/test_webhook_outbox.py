@@ -9,10 +9,8 @@ import hmac
 import json
 import shutil
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -20,9 +18,9 @@ from assistant.config import RequestSettings, Settings
 from assistant.services import build_services
 from assistant.state.redis_state import RedisRequestStore, connect
 from assistant.state.requests import HelpRequest, RequestStore
-from assistant.state.webhook import DAY, DELIVERY_HEADER, SIGNATURE_HEADER, Webhook
+from assistant.state.webhook import DAY, SIGNATURE_HEADER, Webhook
 from assistant.types import Channel
-from tests.conftest import _free_port
+from tests.conftest import WebhookReceiver, _free_port
 
 QUESTION = "调解协议怎么申请司法确认？"
 
@@ -37,50 +35,14 @@ class Clock:
         return self.now
 
 
-class Receiver:
-    """The office's ticket system on 127.0.0.1:`port`: records every POST and answers with the next of `statuses`
-    (the last repeats). Until it is made, the port refuses connections: the receiver is down."""
-
-    def __init__(self, port: int, statuses=(200,)):
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        self.statuses = list(statuses)
-        self._lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with receiver._lock:
-                    receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                    status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def deliveries(self) -> list[str]:
-        """The X-Xiaoyu-Delivery of each POST, in arrival order."""
-        with self._lock:
-            return [headers[DELIVERY_HEADER.lower()] for headers, _ in self.received]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def hook():
     """(url, up): the webhook URL, and `up(statuses)` to start its receiver there; it is down until then."""
     port = _free_port()
-    made: list[Receiver] = []
+    made: list[WebhookReceiver] = []
 
-    def up(statuses=(200,)) -> Receiver:
-        made.append(Receiver(port, statuses))
+    def up(statuses=(200,)) -> WebhookReceiver:
+        made.append(WebhookReceiver(statuses, port))
         return made[-1]
 
     yield f"http://127.0.0.1:{port}/hooks/xiaoyu", up
