@@ -134,7 +134,7 @@ class InThreadServer:
         self.thread.join(timeout=30)
 
 
-def xiaoyu(asked: list[str], chat_asked: list[str], data_dir: Path) -> tuple[dict, object]:
+def xiaoyu(asked: list[str], chat_asked: list[str], data_dir: Path) -> dict:
     settings = Settings(data_dir=data_dir)
     settings.web.rate_limit_per_minute = 0  # one client sending many questions
     started = time.perf_counter()
@@ -160,7 +160,7 @@ def xiaoyu(asked: list[str], chat_asked: list[str], data_dir: Path) -> tuple[dic
            "files": len(report.added) if report else None, "reingest_unchanged_s": round(reingest_s, 2),
            "reingest_embedded": again.embedded}
     out |= {path: summary(values) for path, values in results.items()}
-    return out, services
+    return out
 
 
 async def _load(base: str, asked: list[str], clients: int, seconds: float, offset: int = 0) -> dict:
@@ -284,7 +284,7 @@ def main() -> None:
         out: dict = {"cpu_count": os.cpu_count(), "distinct_questions": len(asked), "throughput_wordings": len(wordings)}
         if not args.skip_plain:
             out["plain_langchain"] = plain_pipeline(asked)
-        out["xiaoyu"], _ = xiaoyu(asked, chat_asked, data_dir)
+        out["xiaoyu"] = xiaoyu(asked, chat_asked, data_dir)
         if "plain_langchain" in out:
             plain, ours = out["plain_langchain"], out["xiaoyu"]
             base = plain["query_in_process"]["p50_ms"]
