@@ -39,10 +39,10 @@ import uvicorn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from assistant.api import create_app  # noqa: E402
-from assistant.config import BUNDLED_KB, Settings  # noqa: E402
-from assistant.services import build_services  # noqa: E402
-from evals.golden import load_golden  # noqa: E402
+from assistant.api import create_app
+from assistant.config import BUNDLED_KB, Settings
+from assistant.services import build_services
+from evals.golden import load_golden
 
 
 def free_port() -> int:
