@@ -1,4 +1,4 @@
-"""`xiaoyu ingest | serve | ask | eval`."""
+"""`xiaoyu ingest | kb | serve | ask | eval | calibrate | hash-password`."""
 
 from __future__ import annotations
 
@@ -54,12 +54,45 @@ def _print_report(report) -> None:
 
 
 def cmd_ingest(args) -> int:
+    from assistant.errors import XiaoyuError
     from assistant.services import build_services
 
-    knowledge = build_services(_settings(args)).knowledge
+    library = build_services(_settings(args)).library
+    try:
+        if args.kb not in library.names():
+            library.create(args.kb)
+            print(f"已新建知识库 {args.kb}", file=sys.stderr)
+        knowledge = library.get(args.kb)
+    except XiaoyuError as exc:
+        print(exc.user_message, file=sys.stderr)
+        return 2
     report = knowledge.ingest([Path(p) for p in args.paths], _progress())
     _print_report(report)
     return 1 if report.failed and not (report.added or report.updated or report.unchanged) else 0
+
+
+def cmd_kb(args) -> int:
+    """xiaoyu kb [list] | kb create NAME [--title T] | kb delete NAME"""
+    from assistant.errors import XiaoyuError
+    from assistant.services import build_services
+
+    library = build_services(_settings(args)).library
+    try:
+        if args.action == "create":
+            info, new = library.create(args.name, args.title or "")
+            print(f"{'已新建' if new else '已存在'}知识库 {info.name}")
+        elif args.action == "delete":
+            library.delete(args.name)
+            print(f"已删除知识库 {args.name}")
+        else:
+            for info in library.list():
+                mark = "（默认范围）" if info.default else ""
+                print(f"{info.name}\t{info.title}\t{info.documents} 个文档 · {info.chunks} 个片段 · 第 {info.generation} 代"
+                      f"{mark}")
+    except XiaoyuError as exc:
+        print(exc.user_message, file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_serve(args) -> int:
@@ -160,7 +193,7 @@ def cmd_ask(args) -> int:
     services = build_services(_settings(args))
     services.knowledge.ensure_ingested(_progress())
     try:
-        answer = services.chat.ask(args.question)
+        answer = services.chat.ask(args.question, knowledge_bases=args.kb or None)
     except XiaoyuError as exc:
         print(exc.user_message, file=sys.stderr)
         return 2
@@ -327,6 +360,8 @@ def _calibrate_answerability(args, settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from assistant.index.kb import DEFAULT_KB
+
     parser = argparse.ArgumentParser(prog="xiaoyu", description="小玉：党建 · 物业 · 调解政策问答助手")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -335,8 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="导入政策文件（目录或文件）")
     p.add_argument("paths", nargs="+")
+    p.add_argument("--kb", default=DEFAULT_KB, help=f"导入到哪个知识库（默认 {DEFAULT_KB}；不存在时新建）")
     data_dir(p)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("kb", help="列出、新建或删除知识库")
+    p.add_argument("action", nargs="?", choices=["list", "create", "delete"], default="list")
+    p.add_argument("name", nargs="?", default="")
+    p.add_argument("--title", help="create 时的显示名称")
+    data_dir(p)
+    p.set_defaults(func=cmd_kb)
 
     p = sub.add_parser("serve", help="启动 API、网页挂件和工作台")
     data_dir(p)
@@ -348,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ask", help="提一个问题，打印回答和出处")
     p.add_argument("question")
+    p.add_argument("--kb", action="append", help="只在这个知识库里找（可重复；默认：默认范围）")
     p.add_argument("--json", action="store_true", help="以 JSON 输出")
     data_dir(p)
     p.set_defaults(func=cmd_ask)

@@ -116,6 +116,13 @@ class WeChatSettings(BaseSettings):
     max_pending: int = 32  # questions queued or being answered; beyond this residents are asked to retry shortly
     api_base_url: str = "https://api.weixin.qq.com/cgi-bin/"  # customer-service API root (a proxy, or a test fake)
     api_timeout: float = 10.0
+    # The knowledge bases WeChat questions are searched in (comma-separated names); empty: the default scope.
+    knowledge_bases: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("knowledge_bases", mode="before")
+    @classmethod
+    def _split_scope(cls, value):
+        return _env_list(value)
 
 
 class StaffSettings(BaseSettings):
@@ -192,6 +199,15 @@ class Settings(BaseSettings):
     # Reverse proxies (IPs or CIDR networks, comma-separated) whose X-Forwarded-For is believed. Empty (the default):
     # the header is ignored and the peer address is the client, so nobody can pick their own rate-limit key.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The knowledge bases a question is searched in when its caller names none (the widget without
+    # data-knowledge-bases, /api/chat without "knowledge_bases", the /v1 model "xiaoyu"); comma-separated names.
+    # Empty: all of them. Names that do not exist (yet) are left out.
+    default_knowledge_bases: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("default_knowledge_bases", mode="before")
+    @classmethod
+    def _split_default_scope(cls, value):
+        return _env_list(value)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from assistant.config import SHIPPED_ANSWERABILITY, Settings
 from assistant.errors import BadQuestion, NotFound, UploadRejected
 from assistant.index.catalog import DocRecord, IndexDir, SharedIndexDir
 from assistant.index.embedding import E5Embedder, Embedder, QueryCache, SentenceTransformerEmbedder
+from assistant.index.kb import DEFAULT_KB, KbIndex, Registry, Shelf, kb_dir, remove_tree
 from assistant.index.lexical import JiebaTokenizer, LexicalIndex
 from assistant.index.store import ChromaCatalog, ChromaStore
 from assistant.index.synonyms import QueryExpander, SynonymError
@@ -112,32 +113,46 @@ class Retention:
 
 
 class ChatService:
-    def __init__(self, pipeline: QuestionPipeline, sessions: Sessions, questions: Questions,
-                 index_dir: IndexDir, settings: Settings, retention: Retention | None = None):
+    def __init__(self, pipeline: QuestionPipeline, sessions: Sessions, questions: Questions, shelf: Shelf,
+                 settings: Settings, retention: Retention | None = None):
         self._pipeline = pipeline
         self._sessions = sessions
         self._questions = questions
-        self._index_dir = index_dir
+        self._shelf = shelf
         self._settings = settings
         self._retention = retention
+
+    def scope(self, knowledge_bases: Sequence[str] | None = None, channel: Channel = Channel.API) -> tuple[str, ...]:
+        """The knowledge bases a question will be searched in: those named, checked (UnknownKnowledgeBase, a 422
+        naming the known ones, before any work is done); none named: WeChat's configured scope on WeChat, else the
+        default scope (XIAOYU_DEFAULT_KNOWLEDGE_BASES; all of them when unset)."""
+        if not knowledge_bases and channel is Channel.WECHAT:
+            knowledge_bases = self._settings.wechat.knowledge_bases
+        return self._shelf.scope(knowledge_bases or None)
 
     def check_question(self, question: str) -> str:
         """The question as it will be asked; raises BadQuestion (a 422 at the API) before any work is done."""
         return self._pipeline.understander.normalise(question)
 
+    def knowledge_base_names(self) -> tuple[str, ...]:
+        """Every knowledge base, the default one first (one created by another process a moment ago included)."""
+        self._shelf.refresh_registry()
+        return self._shelf.names()
+
     def retrieve(self, question: str, history: Sequence[Turn] = (), top_k: int | None = None,
-                 mode: Mode = "hybrid") -> Retrieval:
+                 mode: Mode = "hybrid", knowledge_bases: Sequence[str] | None = None) -> Retrieval:
         """What chat would retrieve for this turn, with its evidence decision (/api/retrieve, evals)."""
-        return self._pipeline.retrieve(self._pipeline.plan(question, history), top_k, mode)
+        scope = self.scope(knowledge_bases)
+        return self._pipeline.retrieve(self._pipeline.plan(question, history), top_k, mode, scope)
 
     def explain(self, question: str, history: Sequence[Turn] = (), top_k: int | None = None,
-                mode: Mode = "hybrid") -> Explanation:
+                mode: Mode = "hybrid", knowledge_bases: Sequence[str] | None = None) -> Explanation:
         """What ask() would plan, retrieve and answer, without logging or a session: the console's hit testing."""
-        return self._pipeline.explain(question, history, top_k, mode)
+        return self._pipeline.explain(question, history, top_k, mode, self.scope(knowledge_bases))
 
     def ask(self, question: str, history: Sequence[Turn] = (), session_id: str | None = None,
             channel: Channel = Channel.API, user: str | None = None, budget: float | None = None,
-            start_session: bool = False) -> Answer:
+            start_session: bool = False, knowledge_bases: Sequence[str] | None = None) -> Answer:
         """Answer one question. Every question is logged with its channel (user ids only hashed). `budget`: seconds
         the LLM may take (default per channel from settings.llm); ignored by the extractive answerer.
 
@@ -147,23 +162,24 @@ class ChatService:
         come from the bridge (the resident's OpenID, signed by WeChat) and live in a namespace of their own."""
         answer = None
         for event in self.stream(question, history, session_id, channel, user, budget=budget,
-                                 start_session=start_session):
+                                 start_session=start_session, knowledge_bases=knowledge_bases):
             answer = event.answer or answer
         assert answer is not None  # every stream ends with done
         return answer
 
     def stream(self, question: str, history: Sequence[Turn] = (), session_id: str | None = None,
                channel: Channel = Channel.API, user: str | None = None, budget: float | None = None,
-               start_session: bool = False) -> Iterator[StreamEvent]:
+               start_session: bool = False, knowledge_bases: Sequence[str] | None = None) -> Iterator[StreamEvent]:
         """Citations first, then the answer text sentence by sentence, then done. With an LLM, sentences go out as
         they are verified, and a citations event (the whole list so far) precedes each sentence citing a new source.
-        Sessions as in ask()."""
+        Sessions as in ask(); the scope as in scope() (an edge that streams checks it first)."""
         started = time.perf_counter()
+        scope = self.scope(knowledge_bases, channel)
         session_id, key, stored = self._open_session(session_id, channel, start_session)
         if stored:
             history = self._sessions.history(key)
         deadline = time.monotonic() + (budget if budget is not None else self._settings.llm.budget(channel))
-        plan, retrieval, events = self._pipeline.stream(question, history, deadline)
+        plan, retrieval, events = self._pipeline.stream(question, history, deadline, scope)
         for event in events:
             if event.type is EventType.DONE and event.answer is not None:
                 # Random, not the row number: feedback names an answer, and nobody can rate the answers of others.
@@ -198,19 +214,22 @@ class ChatService:
 
     def source_passage(self, chunk_id: str) -> tuple[Chunk, str] | None:
         """A cited chunk and the full text of its document (chunk.start:chunk.end is the passage); None if unknown."""
-        catalog = self._pipeline.retriever.catalog
-        chunk = catalog.chunks.get(chunk_id)
-        doc = catalog.docs.get(chunk.source) if chunk else None
+        found = self._pipeline.retriever.find(chunk_id)
+        if found is None:
+            return None
+        index, chunk = found
+        doc = index.catalog.docs.get(chunk.source)
         if doc is None:
             return None
         try:
-            return chunk, self._index_dir.read_text(doc.sha256)
+            return chunk, index.index_dir.read_text(doc.sha256)
         except FileNotFoundError:  # a concurrent ingest replaced the document
             return None
 
     def stats(self) -> IndexStats:
-        catalog = self._pipeline.retriever.catalog
-        return IndexStats(len(catalog.docs), len(catalog.chunks))
+        """Documents and chunks of every knowledge base."""
+        catalogs = [ix.catalog for ix in self._shelf.indexes(self._shelf.names())]
+        return IndexStats(sum(len(c.docs) for c in catalogs), sum(len(c.chunks) for c in catalogs))
 
     # ---- staff levers: pinned answers and the answerability threshold (the console and /admin) -----------------
     def pins(self) -> list[Pin]:
@@ -220,10 +239,12 @@ class ChatService:
         """Pin a staff answer to a question pattern, citing `section` of `source` with `quote`, which must occur in
         the document's text. Raises BadQuestion (422) for a bad pattern, an unknown document or section, a quote
         not in the document; nothing is stored then."""
-        catalog = self._pipeline.retriever.catalog
-        doc = catalog.docs.get((source or "").strip())
-        if doc is None:
+        holder = next((ix for ix in self._shelf.indexes(self._shelf.names())
+                       if (source or "").strip() in ix.catalog.docs), None)
+        if holder is None:
             raise BadQuestion(f"知识库中没有这个文档：{(source or '')[:100]}")
+        catalog = holder.catalog
+        doc = catalog.docs[(source or "").strip()]
         if doc.superseded_by:  # a superseded version is never cited (index/catalog.py supersede)
             raise BadQuestion(f"《{doc.title}》是旧版本，已由 {doc.superseded_by} 取代，请引用新版本")
         section, quote = _text(section), _text(quote)
@@ -235,7 +256,7 @@ class ChatService:
             raise BadQuestion("请填写引用原文（1–300 字，须与文档原文一致）")
         squeeze = lambda t: re.sub(r"\s+", "", t)
         try:
-            full = self._index_dir.read_text(doc.sha256)
+            full = holder.index_dir.read_text(doc.sha256)
         except FileNotFoundError:
             full = "\n".join(c.body for c in chunks)
         if squeeze(quote) not in squeeze(full):
@@ -278,19 +299,27 @@ class ChatService:
 
 
 class KnowledgeBase:
-    """The documents behind the answers: ingest, staff uploads, deletion, re-indexing."""
+    """The documents of one knowledge base: ingest, staff uploads, deletion, re-indexing. `bundled`: the folder it is
+    filled from on a first start (the default knowledge base's corpus; None for the others, which staff fill)."""
 
-    def __init__(self, ingest: IngestPipeline, retriever: HybridRetriever, uploads: UploadDir, bundled: Path):
+    def __init__(self, index: KbIndex, ingest: IngestPipeline, uploads: UploadDir, bundled: Path | None,
+                 expander: QueryExpander):
+        self.name = index.name
+        self._index = index
         self._ingest = ingest
-        self._retriever = retriever
         self._uploads = uploads
         self._bundled = bundled
+        self._expander = expander
         # An upload a crash interrupted is settled before anyone reads the uploads folder (see state/uploads.py).
         self._uploads.recover(self._committed, wait=False)
 
     @property
+    def index(self) -> KbIndex:
+        return self._index
+
+    @property
     def is_empty(self) -> bool:
-        return not self._retriever.catalog.docs
+        return not self._index.catalog.docs
 
     @property
     def max_upload_bytes(self) -> int:
@@ -303,13 +332,13 @@ class KnowledgeBase:
     def ingest(self, paths: Sequence[Path], progress: Progress | None = None) -> IngestReport:
         report = self._ingest.run(list(paths), progress)
         if report.changed or report.embedded:
-            self._retriever.reload()
+            self._index.reload()
         return report
 
     def remove(self, sources: Sequence[str]) -> IngestReport:
         report = self._ingest.remove(list(sources))
         if report.changed:
-            self._retriever.reload()
+            self._index.reload()
         return report
 
     def ensure_ingested(self, progress: Progress | None = None) -> IngestReport | None:
@@ -317,24 +346,24 @@ class KnowledgeBase:
         embedder built (a data dir from before the default became onnx) is re-embedded from the folders it came
         from: its vectors sit in that embedder's collection, and this one's would answer every query with nothing."""
         if self.is_empty:
-            return self.ingest([self._bundled], progress)
-        built_by = self._retriever.catalog.embedder
+            return self.ingest([self._bundled], progress) if self._bundled is not None else None
+        built_by = self._index.catalog.embedder
         if built_by != self._ingest.embedder.name:
             log.warning("the index was built with %s, not %s: re-embedding it", built_by, self._ingest.embedder.name)
             return self.reindex()
         return None
 
     def documents(self) -> list[DocRecord]:
-        return sorted(self._retriever.catalog.docs.values(), key=lambda d: (d.category, d.source))
+        return sorted(self._index.catalog.docs.values(), key=lambda d: (d.category, d.source))
 
     def document(self, source: str) -> DocRecord:
-        doc = self._retriever.catalog.docs.get(source)
+        doc = self._index.catalog.docs.get(source)
         if doc is None:
-            raise NotFound(f"知识库中没有这个文档：{source}")
+            raise NotFound(f"知识库中没有这个文档：{source}" + ("" if self.name == DEFAULT_KB else f"（知识库 {self.name}）"))
         return doc
 
     def chunks_of(self, source: str) -> list[Chunk]:
-        catalog = self._retriever.catalog
+        catalog = self._index.catalog
         doc = catalog.docs.get(source)
         return [catalog.chunks[cid] for cid in doc.chunk_ids if cid in catalog.chunks] if doc else []
 
@@ -361,7 +390,7 @@ class KnowledgeBase:
                 self._uploads.abandon(upload)
                 raise UploadRejected(f"文件无法导入：{reason}")
             if report.changed or report.embedded:
-                self._retriever.reload()
+                self._index.reload()
             return upload.source, report
 
     def delete_document(self, source: str) -> IngestReport:
@@ -374,7 +403,7 @@ class KnowledgeBase:
 
     def reindex(self, source: str | None = None) -> IngestReport:
         """Re-read the folder(s) the index came from: changed files are re-ingested, unchanged ones cost nothing."""
-        docs = self._retriever.catalog.docs
+        docs = self._index.catalog.docs
         roots = {self.document(source).root} if source is not None else {d.root for d in docs.values()}
         self._uploads.recover(self._committed)  # a walk must not meet the folder half way through an upload
         with self._uploads.lock:
@@ -385,12 +414,12 @@ class KnowledgeBase:
 
     def _foreign_sources(self) -> set[str]:
         """Sources ingested from elsewhere (the bundled corpus): an upload must not take over their name."""
-        return {s for s, d in self._retriever.catalog.docs.items() if d.root != self._uploads.resolved}
+        return {s for s, d in self._index.catalog.docs.items() if d.root != self._uploads.resolved}
 
     # ---- synonyms (index/synonyms.py): the knowledge base's table, staff's override on top ----------------------
     def synonyms(self) -> tuple[str, str]:
         """(the knowledge base's table, staff's override in the data dir) as text."""
-        expander = self._retriever.expander
+        expander = self._expander
         bundled = expander.path.read_text(encoding="utf-8") if expander.path and expander.path.is_file() else ""
         return bundled, expander.override_text()
 
@@ -398,14 +427,76 @@ class KnowledgeBase:
         """Check and save staff's override; retrieval expands with it from the next question on. Raises BadQuestion
         naming the line that can't be used (nothing saved then). Returns the number of entries."""
         try:
-            return len(self._retriever.expander.save_override(printable(text or "")))
+            return len(self._expander.save_override(printable(text or "")))
         except SynonymError as exc:
             raise BadQuestion(str(exc)) from exc
 
     def expand(self, query: str) -> str:
         """The query as retrieval's lexical side sees it after synonyms: "维修基金能修屋顶吗（专项维修资金）"."""
-        return self._retriever.expander.expand(query)
+        return self._expander.expand(query)
 
+
+
+@dataclass(frozen=True)
+class KnowledgeBaseInfo:
+    name: str
+    title: str
+    documents: int
+    chunks: int
+    generation: int
+    created_at: str
+    default: bool  # in the default scope
+
+
+class KnowledgeBases:
+    """The deployment's named knowledge bases (index/kb.py): list, create, fill (each one's KnowledgeBase) and
+    delete. The default one (DEFAULT_KB) holds the bundled corpus and is never deleted."""
+
+    def __init__(self, shelf: Shelf, make: Callable[[KbIndex], KnowledgeBase], drop: Callable[[KbIndex], None]):
+        self._shelf = shelf
+        self._make = make
+        self._drop = drop
+        self._lock = threading.Lock()
+        self._services: dict[str, KnowledgeBase] = {}
+
+    def names(self) -> tuple[str, ...]:
+        self._shelf.refresh_registry()
+        return self._shelf.names()
+
+    def list(self) -> list[KnowledgeBaseInfo]:
+        self._shelf.refresh()
+        default = set(self._shelf.scope())
+        out = []
+        for info in self._shelf.infos():
+            catalog = self._shelf[info.name].catalog
+            out.append(KnowledgeBaseInfo(info.name, info.title, len(catalog.docs), len(catalog.chunks),
+                                         catalog.generation, info.created_at, info.name in default))
+        return out
+
+    def get(self, name: str = DEFAULT_KB) -> KnowledgeBase:
+        """NotFound (404) for a name that is not a knowledge base."""
+        index = self._shelf.get(name)
+        if index is None:
+            self._shelf.refresh_registry()  # created by another process a moment ago?
+            index = self._shelf[name]
+        with self._lock:
+            service = self._services.get(name)
+            if service is None or service.index is not index:
+                service = self._services[name] = self._make(index)
+            return service
+
+    def create(self, name: str, title: str = "") -> tuple[KnowledgeBaseInfo, bool]:
+        """(the knowledge base, whether it is new). BadQuestion (422) for a name that is not a slug; creating one
+        that exists changes nothing but its title."""
+        _, new = self._shelf.create(name, title)
+        return next(i for i in self.list() if i.name == name), new
+
+    def delete(self, name: str) -> None:
+        """Delete a knowledge base with its documents, vectors and uploads. NotFound for an unknown name,
+        BadQuestion for the default one."""
+        self._shelf.delete(name, self._drop)
+        with self._lock:
+            self._services.pop(name, None)
 
 class StaffViews:
     """Staff reads: the question log (questions, answers, evidence), newest first; the 高频诉求 report."""
@@ -590,16 +681,19 @@ class Services:
 
     settings: Settings
     chat: ChatService
-    knowledge: KnowledgeBase
+    knowledge: KnowledgeBase  # the default knowledge base (DEFAULT_KB): the bundled corpus and staff uploads
     staff: StaffViews
     desk: RequestDesk
+    library: KnowledgeBases  # every knowledge base, the default one included
 
 
 def build_embedder(settings: Settings) -> Embedder:
     if settings.embedding.backend == "sentence-transformers":
         return SentenceTransformerEmbedder(settings.embedding.model, settings.embedding.batch_size)
     if settings.embedding.backend == "onnx":
-        from assistant.index.onnx_e5 import OnnxE5Embedder  # lazy: onnx is needed only to build the model once
+        from assistant.index.onnx_e5 import (
+            OnnxE5Embedder,  # lazy: onnx is needed only to build the model once
+        )
 
         try:
             return OnnxE5Embedder(settings.data_dir / "models", num_threads=settings.embedding.threads or None,
@@ -652,18 +746,41 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
     # First: an unusable XIAOYU_REDIS_URL stops the start before the model loads.
     sessions, stored_questions, requests = _state_stores(settings, clock)
     embedder = embedder or build_embedder(settings)
-    store = ChromaStore(embedder.name, data_dir / "chroma", settings.chroma_host, settings.chroma_port)
-    sentences = ChromaStore(embedder.name, data_dir / "chroma", settings.chroma_host, settings.chroma_port,
-                            kind="sentences")
     tokenizer = JiebaTokenizer(settings.user_dict_path)
-    # With a Chroma server the catalog lives there too, and data_dir/index mirrors it (catalog.py SharedIndexDir).
-    index_dir = (SharedIndexDir(data_dir, ChromaCatalog(embedder.name, settings.chroma_host, settings.chroma_port),
-                                store) if settings.chroma_host else IndexDir(data_dir))
-    ingest = IngestPipeline(index_dir, store, embedder, LexicalIndex(tokenizer),
-                            ChineseSplitter(settings.split.max_chars), settings.embedding.batch_size, sentences)
+    splitter = ChineseSplitter(settings.split.max_chars)
+    host, port = settings.chroma_host, settings.chroma_port
+
+    def open_index(name: str) -> KbIndex:
+        # The default knowledge base keeps its pre-existing collections (kb ""); see index/kb.py.
+        kb = "" if name == DEFAULT_KB else name
+        store = ChromaStore(embedder.name, data_dir / "chroma", host, port, kb=kb)
+        sentences = ChromaStore(embedder.name, data_dir / "chroma", host, port, kind="sentences", kb=kb)
+        # With a Chroma server the catalog lives there too, and the index dir mirrors it (catalog.py SharedIndexDir).
+        base = kb_dir(data_dir, name)
+        index_dir = (SharedIndexDir(base, ChromaCatalog(embedder.name, host, port, kb=kb), store) if host
+                     else IndexDir(base))
+        return KbIndex(name, index_dir, store, sentences, tokenizer)
+
     expander = QueryExpander(settings.synonyms_path, data_dir / "synonyms.tsv")  # staff's override (synonyms.py)
-    retriever = HybridRetriever(QueryCache(embedder), store, index_dir, tokenizer, settings.retrieval, expander,
-                                sentences, settings.index_poll_seconds)
+
+    def make_kb(index: KbIndex) -> KnowledgeBase:
+        ingest = IngestPipeline(index.index_dir, index.store, embedder, LexicalIndex(tokenizer), splitter,
+                                settings.embedding.batch_size, index.sentences)
+        uploads = UploadDir(kb_dir(data_dir, index.name) / "uploads", int(settings.staff.max_upload_mb * 1_000_000))
+        return KnowledgeBase(index, ingest, uploads, settings.knowledge_base if index.name == DEFAULT_KB else None,
+                             expander)
+
+    def drop_kb(index: KbIndex) -> None:
+        for collection in (index.store, index.sentences):
+            if collection is not None:
+                collection.drop()
+        if isinstance(index.index_dir, SharedIndexDir):
+            index.index_dir.remote.drop()
+        remove_tree(kb_dir(data_dir, index.name))
+
+    shelf = Shelf(Registry(data_dir), open_index, settings.default_knowledge_bases)
+    retriever = HybridRetriever(QueryCache(embedder), shelf, tokenizer, settings.retrieval, expander,
+                                settings.index_poll_seconds)
     terms = tokenizer.user_terms | expander.terms
     vocabulary = Vocabulary(tokenizer.tokens, lambda word: word in terms or retriever.knows(word),
                             read_terms(settings.out_of_scope_path))
@@ -691,8 +808,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
     webhook = Webhook(hook.webhook_url, requests, _request_payload, hook.webhook_secret.get_secret_value(),
                       hook.webhook_attempts, hook.webhook_backoff,
                       hook.webhook_timeout) if hook.webhook_url.strip() else None
-    uploads = UploadDir(data_dir / "uploads", int(settings.staff.max_upload_mb * 1_000_000))
-    return Services(settings, ChatService(pipeline, sessions, questions, index_dir, settings, retention),
-                    KnowledgeBase(ingest, retriever, uploads, settings.knowledge_base),
-                    StaffViews(questions, settings, embedder, tokenizer),
-                    desk=RequestDesk(requests, sessions, questions, retention, webhook))
+    library = KnowledgeBases(shelf, make_kb, drop_kb)
+    return Services(settings, ChatService(pipeline, sessions, questions, shelf, settings, retention),
+                    library.get(DEFAULT_KB), StaffViews(questions, settings, embedder, tokenizer),
+                    desk=RequestDesk(requests, sessions, questions, retention, webhook), library=library)

@@ -92,6 +92,9 @@ class Chunk:
     category: str = ""
     issuer: str = ""
     date: str = ""
+    # The knowledge base holding it (index/kb.py), set when its index is loaded; not part of the id, so the same
+    # passage in two knowledge bases is one chunk to a scope holding both.
+    kb: str = ""
 
     @property
     def body(self) -> str:
@@ -130,6 +133,7 @@ class Citation:
     chunk_id: str = ""
     issuer: str = ""
     date: str = ""
+    knowledge_base: str = ""  # the name of the knowledge base it was found in
 
 
 @dataclass(frozen=True, slots=True)

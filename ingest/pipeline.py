@@ -73,15 +73,16 @@ class IngestPipeline:
         with self.index_dir.locked():
             yield
 
-    def _retrying(self, work: Callable[[Catalog], IngestReport]) -> IngestReport:
-        """`work(the committed catalog)` under the lock; once more, on the newer catalog, each time its commit finds
+    def _retrying(self, work: Callable[[Catalog, LexicalIndex], IngestReport]) -> IngestReport:
+        """`work(the committed catalog, its BM25)` under the lock; once more, on the newer catalog, each time its commit finds
         that another host committed first (IndexMoved: only with a Chroma server). Vectors embedded by a failed
         attempt stay in the store, so starting over embeds nothing twice."""
         for attempt in range(1, ATTEMPTS + 1):
             with self._locked():
-                previous = self.index_dir.load(LexicalIndex(self.lexical.tokenizer))
+                lexical = LexicalIndex(self.lexical.tokenizer)
+                previous = self.index_dir.load(lexical)
                 try:
-                    return work(previous)
+                    return work(previous, lexical)
                 except IndexMoved:
                     if attempt == ATTEMPTS:
                         raise
@@ -90,7 +91,7 @@ class IngestPipeline:
     def run(self, roots: list[Path], progress: Progress | None = None, prune: bool = True) -> IngestReport:
         """Ingest every supported file under each root. Files gone from a root are pruned from the index."""
         resolved = [r.resolve() for r in roots]
-        return self._retrying(lambda previous: self._run(previous, resolved, progress, prune))
+        return self._retrying(lambda previous, lexical: self._run(previous, lexical, resolved, progress, prune))
 
     def ingest_file(self, root: Path, source: str, meta: dict, staged: Path | None = None,
                     placed: Callable[[], None] | None = None) -> IngestReport:
@@ -106,7 +107,7 @@ class IngestPipeline:
         base = root.resolve()
         folder = staged if staged is not None else base
 
-        def work(previous: Catalog) -> IngestReport:
+        def work(previous: Catalog, lexical: LexicalIndex) -> IngestReport:
             report = IngestReport()
             docs = dict(previous.docs)
             fresh: dict[str, tuple[SourceDoc, list[Chunk], str]] = {}
@@ -114,7 +115,7 @@ class IngestPipeline:
                        docs.get(source), False, fresh, report)
             if report.failed:
                 return report
-            self._apply(previous, docs, fresh, report, None, False,
+            self._apply(previous, lexical, docs, fresh, report, None, False,
                         previous.split_signature if previous.docs else None)
             if placed is not None:
                 placed()
@@ -140,18 +141,19 @@ class IngestPipeline:
     def remove(self, sources: list[str]) -> IngestReport:
         """Delete documents by source path (the staff console's and admin API's delete)."""
 
-        def work(catalog: Catalog) -> IngestReport:
+        def work(catalog: Catalog, lexical: LexicalIndex) -> IngestReport:
             report = IngestReport()
             for source in sources:
                 if catalog.docs.pop(source, None) is not None:
                     report.removed.append(source)
             if report.removed:
-                self._commit(catalog, report)
+                self._commit(catalog, lexical, report)
             return report
 
         return self._retrying(work)
 
-    def _run(self, previous: Catalog, roots: list[Path], progress: Progress | None, prune: bool) -> IngestReport:
+    def _run(self, previous: Catalog, lexical: LexicalIndex, roots: list[Path], progress: Progress | None,
+             prune: bool) -> IngestReport:
         report = IngestReport()
         resplit_all = previous.split_signature != self.split_signature
         docs = dict(previous.docs)
@@ -178,7 +180,7 @@ class IngestPipeline:
                     if rec.root == str(base) and source not in seen:
                         del docs[source]
                         report.removed.append(source)
-        self._apply(previous, docs, fresh, report, progress, resplit_all)
+        self._apply(previous, lexical, docs, fresh, report, progress, resplit_all)
         return report
 
     def _take(self, source: str, load: Callable[[], SourceDoc], base: Path, old: DocRecord | None, resplit: bool,
@@ -199,7 +201,7 @@ class IngestPipeline:
         except Exception as exc:  # a parser bug on one file must not sink the whole ingest
             report.failed.append((source, f"{type(exc).__name__}: {exc}"))
 
-    def _apply(self, previous: Catalog, docs: dict[str, DocRecord],
+    def _apply(self, previous: Catalog, lexical: LexicalIndex, docs: dict[str, DocRecord],
                fresh: dict[str, tuple[SourceDoc, list[Chunk], str]], report: IngestReport,
                progress: Progress | None, resplit_all: bool, split_signature: str | None = None) -> None:
         """Commit `docs` with the `fresh` documents' new chunks, embedding what the store lacks; or nothing at all."""
@@ -228,7 +230,7 @@ class IngestPipeline:
                 for cid in rec.chunk_ids:
                     catalog.chunks[cid] = previous.chunks[cid]
         self._embed_missing(catalog, report, progress)
-        self._commit(catalog, report, split_signature)
+        self._commit(catalog, lexical, report, split_signature)
 
     @staticmethod
     def _manifest(base: Path, report: IngestReport) -> dict[str, dict]:
@@ -272,7 +274,9 @@ class IngestPipeline:
             if progress:
                 progress("sentences", start + len(batch), len(missing))
 
-    def _commit(self, catalog: Catalog, report: IngestReport, split_signature: str | None = None) -> None:
+    def _commit(self, catalog: Catalog, previous: LexicalIndex, report: IngestReport,
+                split_signature: str | None = None) -> None:
+        """`previous`: the BM25 of the generation this one replaces; its chunks keep their rows (not re-tokenized)."""
         # Versions are settled here, where every change (ingest, upload, delete) passes: an older version retired,
         # or reinstated when its newer one is gone. Retired chunks stay (vectors too), out of BM25 only.
         catalog.docs = supersede(catalog.docs)
@@ -283,7 +287,7 @@ class IngestPipeline:
         catalog.split_signature = split_signature or self.split_signature
         lexical = LexicalIndex(self.lexical.tokenizer)
         ordered = catalog.live_chunks()
-        lexical.build([c.id for c in ordered], [c.text for c in ordered])
+        lexical.build([c.id for c in ordered], [c.text for c in ordered], reuse=previous)
         self.index_dir.commit(catalog, lexical)
         # Garbage-collect vectors no generation needs; after the commit, so a crash here only leaves orphans.
         stale = self.store.ids() - live

@@ -46,9 +46,10 @@ def _ask(client, *messages, **kwargs):
     return client.chat.completions.create(model="xiaoyu", messages=list(messages), **kwargs)
 
 
-def test_models_lists_xiaoyu(client):
-    assert [m.id for m in client.models.list()] == ["xiaoyu"]
+def test_models_lists_xiaoyu_and_one_model_per_knowledge_base(client):
+    assert [m.id for m in client.models.list()] == ["xiaoyu", "xiaoyu-community"]
     assert client.models.retrieve("xiaoyu").owned_by == "xiaoyu"
+    assert client.models.retrieve("xiaoyu-community").id == "xiaoyu-community"
 
 
 def test_completion_quotes_the_provision_and_carries_citations(client):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -20,10 +20,16 @@ class TurnIn(BaseModel):
         return Turn(self.role, self.content)
 
 
+# The knowledge bases to search (index/kb.py); none: the default scope. An unknown name is a 422 naming the known.
+KnowledgeBases = list[Annotated[str, Field(max_length=64)]] | None
+_SCOPE = Field(None, max_length=50, description="knowledge bases to search; omitted: the default scope")
+
+
 class RetrieveRequest(BaseModel):
     query: str
     top_k: int = Field(5, ge=1, le=50)
     history: list[TurnIn] = Field(default_factory=list, max_length=50)
+    knowledge_bases: KnowledgeBases = _SCOPE
 
 
 class HitOut(BaseModel):
@@ -40,6 +46,7 @@ class HitOut(BaseModel):
     date: str
     start: int
     end: int
+    knowledge_base: str = ""
 
     @classmethod
     def of(cls, hit: ScoredChunk) -> HitOut:
@@ -47,7 +54,7 @@ class HitOut(BaseModel):
         return cls(
             id=c.id, source=c.source, title=c.title, section=c.section, text=c.text, score=round(hit.score, 6),
             lexical_score=round(hit.lexical, 4), dense_score=round(hit.dense, 4), category=c.category,
-            issuer=c.issuer, date=c.date, start=c.start, end=c.end,
+            issuer=c.issuer, date=c.date, start=c.start, end=c.end, knowledge_base=c.kb,
         )
 
 
@@ -62,6 +69,7 @@ class ChatRequest(BaseModel):
     question: str
     history: list[TurnIn] = Field(default_factory=list, max_length=50)
     session_id: str | None = Field(None, max_length=128)
+    knowledge_bases: KnowledgeBases = _SCOPE
 
 
 class CitationOut(BaseModel):
@@ -73,6 +81,7 @@ class CitationOut(BaseModel):
     chunk_id: str = ""
     issuer: str = ""
     date: str = ""
+    knowledge_base: str = ""
 
     @classmethod
     def of(cls, c: Citation) -> CitationOut:

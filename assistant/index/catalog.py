@@ -147,6 +147,7 @@ class IndexDir:
     """Layout of data_dir/index: CURRENT → gen-N/{catalog.json, lexical/}; texts/<sha256>.txt for source pages."""
 
     def __init__(self, data_dir: Path):
+        """`data_dir`: the data dir for the default knowledge base, data_dir/kb/<name> for another (index/kb.py)."""
         self.root = data_dir / "index"
         self.texts = self.root / "texts"
         self._thread_lock = threading.RLock()
@@ -210,7 +211,10 @@ class IndexDir:
             lexical.build([], [])
             return Catalog()
         catalog = Catalog.from_json(json.loads((gen / "catalog.json").read_text(encoding="utf-8")))
-        lexical.load(gen / "lexical")
+        if not lexical.load(gen / "lexical"):
+            # A generation written before BM25 kept term counts: rebuilt here once; the next commit writes it anew.
+            ordered = catalog.live_chunks()
+            lexical.build([c.id for c in ordered], [c.text for c in ordered])
         return catalog
 
     def save_text(self, sha256: str, text: str) -> None:
@@ -311,9 +315,12 @@ class SharedIndexDir(IndexDir):
                 # else a newer commit collected what this one named: read the new pointer
             else:
                 raise RuntimeError(f"Chroma server: the index kept changing during {self.PULL_ATTEMPTS} pulls")
+            # Chunks the local generation holds keep their BM25 rows: only the pulled documents are tokenized.
+            local = LexicalIndex(tokenizer)
+            IndexDir.load(self, local)
             lexical = LexicalIndex(tokenizer)
             ordered = catalog.live_chunks()
-            lexical.build([c.id for c in ordered], [c.text for c in ordered])
+            lexical.build([c.id for c in ordered], [c.text for c in ordered], reuse=local)
             self._write(catalog, lexical)
         log.info("index: pulled generation %d from the Chroma server (%d documents, %d chunks)",
                  catalog.generation, len(catalog.docs), len(catalog.chunks))

@@ -1,13 +1,16 @@
-"""jieba BM25: the lexical half of hybrid retrieval, persisted beside Chroma."""
+"""jieba BM25: the lexical half of hybrid retrieval, persisted beside Chroma in each knowledge base's generation."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy import sparse
 
 # Function words residents type but documents don't share meaningfully; removing them keeps BM25 on content.
 STOPWORDS = frozenset(
@@ -50,42 +53,165 @@ class JiebaTokenizer:
         return out
 
 
+K1, B = 1.2, 0.75  # BM25's usual constants (Lucene's defaults)
+
+
 class LexicalIndex:
-    """BM25 over jieba tokens (bm25s). Row i of the index is chunk ids[i]."""
+    """BM25 (Lucene's variant) over jieba tokens, for one knowledge base. Row i is chunk ids[i].
+
+    It keeps raw term counts, a chunk × term sparse matrix (scipy), rather than scores with its own idf baked in:
+    search_together() scores a query over several knowledge bases with the statistics of their union (N, document
+    frequencies, mean length), so a scope of eleven knowledge bases ranks exactly as one holding their documents.
+    A query touches the postings of its own terms only, never every chunk; a rebuild copies the rows of chunks the
+    previous generation already holds (build(reuse=…)), so adding one file tokenizes that file alone."""
+
+    FORMAT = "tf-v1"
 
     def __init__(self, tokenizer: JiebaTokenizer):
         self.tokenizer = tokenizer
         self.ids: list[str] = []
-        self._bm25 = None
+        self.vocab: dict[str, int] = {}
+        self._terms: list[str] = []
+        self._rows = sparse.csr_matrix((0, 0), dtype=np.float32)  # chunk → its terms: reuse and terms_of()
+        self._cols = sparse.csc_matrix((0, 0), dtype=np.float32)  # term → its postings: search
+        self.lengths = np.zeros(0, dtype=np.float32)
+        self.df = np.zeros(0, dtype=np.int64)
+        self._row_of: dict[str, int] = {}
 
-    def build(self, ids: Sequence[str], texts: Sequence[str]) -> None:
-        import bm25s
+    @property
+    def n(self) -> int:
+        return len(self.ids)
 
-        self.ids = list(ids)
-        corpus = [self.tokenizer.tokens(t) or ["∅"] for t in texts]
-        self._bm25 = bm25s.BM25(k1=1.2, b=0.75) if corpus else None
-        if self._bm25 is not None:
-            self._bm25.index(corpus, show_progress=False)
+    @property
+    def total_length(self) -> float:
+        return float(self.lengths.sum())
+
+    def build(self, ids: Sequence[str], texts: Sequence[str], reuse: LexicalIndex | None = None) -> None:
+        """Index these chunks; a chunk that `reuse` holds keeps its row from there and is not tokenized again."""
+        vocab: dict[str, int] = dict(reuse.vocab) if reuse is not None else {}
+        terms = list(reuse._terms) if reuse is not None else []
+        kept_at, kept_rows, new_at = [], [], []  # positions in `ids` of reused and of new rows; rows in `reuse`
+        indptr, indices, data = [0], [], []
+        for pos, (cid, text) in enumerate(zip(ids, texts)):
+            row = reuse._row_of.get(cid) if reuse is not None else None
+            if row is not None:
+                kept_at.append(pos)
+                kept_rows.append(row)
+                continue
+            new_at.append(pos)
+            for term, count in Counter(self.tokenizer.tokens(text)).items():
+                col = vocab.get(term)
+                if col is None:
+                    col = vocab[term] = len(terms)
+                    terms.append(term)
+                indices.append(col)
+                data.append(count)
+            indptr.append(len(indices))
+        width = len(terms)
+        new = sparse.csr_matrix((np.asarray(data, dtype=np.float32), np.asarray(indices, dtype=np.int32),
+                                 np.asarray(indptr, dtype=np.int64)), shape=(len(new_at), width))
+        if kept_rows:
+            kept = reuse._rows[np.asarray(kept_rows)]  # one vectorised row selection, however many are kept
+            kept.resize((len(kept_rows), width))  # the vocabulary may have grown: more columns, all empty
+            stacked = sparse.vstack([kept, new], format="csr")
+            rows = stacked[np.argsort(np.asarray(kept_at + new_at))]  # back into the order of `ids`
+        else:
+            rows = new
+        self._set(list(ids), terms, sparse.csr_matrix(rows, dtype=np.float32))
+
+    def _set(self, ids: list[str], terms: list[str], rows: sparse.csr_matrix) -> None:
+        rows.sort_indices()
+        self.ids, self._terms = ids, terms
+        self.vocab = {t: i for i, t in enumerate(terms)}
+        self._rows, self._cols = rows, rows.tocsc()
+        self.lengths = np.asarray(rows.sum(axis=1), dtype=np.float32).ravel()
+        self.df = np.diff(self._cols.indptr).astype(np.int64)
+        self._row_of = {cid: i for i, cid in enumerate(ids)}
+
+    def postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rows of the chunks holding `term`, its count in each)."""
+        col = self.vocab.get(term)
+        if col is None:
+            return _NO_ROWS, _NO_COUNTS
+        lo, hi = self._cols.indptr[col], self._cols.indptr[col + 1]
+        return self._cols.indices[lo:hi], self._cols.data[lo:hi]
+
+    def doc_freq(self, term: str) -> int:
+        col = self.vocab.get(term)
+        return int(self.df[col]) if col is not None else 0
+
+    def terms_of(self, chunk_id: str) -> frozenset[str]:
+        """A chunk's content words, as the tokenizer cut them at ingest (empty for a chunk not held)."""
+        row = self._row_of.get(chunk_id)
+        if row is None:
+            return frozenset()
+        lo, hi = self._rows.indptr[row], self._rows.indptr[row + 1]
+        return frozenset(self._terms[i] for i in self._rows.indices[lo:hi])
 
     def search(self, query: str, n: int) -> list[tuple[str, float]]:
         """(chunk id, BM25 score) for chunks that share at least one token, best first."""
-        if self._bm25 is None:
-            return []
-        toks = self.tokenizer.tokens(query)
-        if not toks:
-            return []
-        scores = self._bm25.get_scores(toks)
-        top = np.argsort(-scores)[:n]
-        return [(self.ids[i], float(scores[i])) for i in top if scores[i] > 0]
+        return [(cid, score) for _, cid, score in search_together([self], self.tokenizer.tokens(query), n)]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "ids.json").write_text(json.dumps(self.ids), encoding="utf-8")
-        if self._bm25 is not None:
-            self._bm25.save(str(directory / "bm25"), show_progress=False)
+        (directory / "terms.json").write_text(json.dumps(self._terms, ensure_ascii=False), encoding="utf-8")
+        sparse.save_npz(directory / "tf.npz", self._rows, compressed=False)  # written at every commit: speed
+        (directory / "FORMAT").write_text(self.FORMAT, encoding="utf-8")
 
-    def load(self, directory: Path) -> None:
-        import bm25s
+    def load(self, directory: Path) -> bool:
+        """False (and empty) when `directory` holds another format (a generation written by an older version):
+        the caller rebuilds from the catalog's chunks then."""
+        fmt = directory / "FORMAT"
+        if not fmt.is_file() or fmt.read_text(encoding="utf-8").strip() != self.FORMAT:
+            self._set([], [], sparse.csr_matrix((0, 0), dtype=np.float32))
+            return False
+        ids = json.loads((directory / "ids.json").read_text(encoding="utf-8"))
+        terms = json.loads((directory / "terms.json").read_text(encoding="utf-8"))
+        self._set(ids, terms, sparse.load_npz(directory / "tf.npz").tocsr().astype(np.float32))
+        return True
 
-        self.ids = json.loads((directory / "ids.json").read_text(encoding="utf-8"))
-        self._bm25 = bm25s.BM25.load(str(directory / "bm25"), show_progress=False) if self.ids else None
+
+_NO_ROWS = np.zeros(0, dtype=np.int32)
+_NO_COUNTS = np.zeros(0, dtype=np.float32)
+
+
+def search_together(indexes: Sequence[LexicalIndex], tokens: Sequence[str], n: int
+                    ) -> list[tuple[int, str, float]]:
+    """BM25 of `tokens` over the union of `indexes`: (position of the index, chunk id, score), best first, at most n.
+    Statistics are the union's, so the scores are those of one index holding every chunk; a repeated query token
+    counts again, as in bm25s. The work is the query terms' postings: nothing is done per chunk of the corpus."""
+    total = sum(ix.n for ix in indexes)
+    if not total or not tokens or n <= 0:
+        return []
+    avgdl = sum(ix.total_length for ix in indexes) / total or 1.0
+    rows: list[list[np.ndarray]] = [[] for _ in indexes]
+    scores: list[list[np.ndarray]] = [[] for _ in indexes]
+    for term in tokens:
+        found = [ix.postings(term) for ix in indexes]
+        df = sum(len(r) for r, _ in found)
+        if not df:
+            continue
+        idf = math.log(1 + (total - df + 0.5) / (df + 0.5))
+        for k, (r, tf) in enumerate(found):
+            if len(r):
+                norm = K1 * ((1 - B) + B * indexes[k].lengths[r] / avgdl)
+                rows[k].append(r)
+                scores[k].append(idf * tf / (norm + tf))
+    where, ids_at, summed = [], [], []
+    for k, parts in enumerate(rows):
+        if not parts:
+            continue
+        unique, inverse = np.unique(np.concatenate(parts), return_inverse=True)
+        where.append(np.full(len(unique), k, dtype=np.int32))
+        ids_at.append(unique)
+        summed.append(np.bincount(inverse, weights=np.concatenate(scores[k])))
+    if not summed:
+        return []
+    where_all, rows_all, scores_all = np.concatenate(where), np.concatenate(ids_at), np.concatenate(summed)
+    if len(scores_all) > n:
+        keep = np.argpartition(-scores_all, n - 1)[:n]
+        where_all, rows_all, scores_all = where_all[keep], rows_all[keep], scores_all[keep]
+    order = np.lexsort((rows_all, where_all, -scores_all))  # best first; ties in index order, then row order
+    return [(int(where_all[i]), indexes[where_all[i]].ids[rows_all[i]], float(scores_all[i]))
+            for i in order if scores_all[i] > 0]

@@ -26,17 +26,22 @@ def _chunk_meta(c: Chunk) -> dict:
     return {name: getattr(c, name) for name in _CHUNK_META}
 
 
-def _collection_name(embedder_name: str, kind: str = "chunks") -> str:
-    # One collection per embedder: vectors of different models must never be compared.
+def _collection_name(embedder_name: str, kind: str = "chunks", kb: str = "") -> str:
+    """One collection per embedder: vectors of different models must never be compared. And one per knowledge base
+    (`kb`; "" for the default one, whose collections keep the names they had before there were several), so that
+    each has its own vectors to collect garbage in, and a query asks only the knowledge bases of its scope."""
     slug = re.sub(r"[^a-zA-Z0-9]+", "-", embedder_name).strip("-").lower()
-    return f"{kind}-{slug}"[:60].strip("-")
+    if not kb:
+        return f"{kind}-{slug}"[:60].strip("-")
+    # A kb name is a slug of at most 32 characters (index/kb.py); "--" keeps "a-b"+"c" apart from "a"+"b-c".
+    return f"kb-{kb.lower()}--{kind}-{slug}"[:100].strip("-")
 
 
 class ChromaStore:
     """`kind` names the collection's content: "chunks" (retrieval) or "sentences" (sentence vectors, by id)."""
 
     def __init__(self, embedder_name: str, path: Path | None = None, host: str = "", port: int = 8000,
-                 kind: str = "chunks"):
+                 kind: str = "chunks", kb: str = ""):
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
@@ -49,13 +54,17 @@ class ChromaStore:
             path.mkdir(parents=True, exist_ok=True)
             self._client = chromadb.PersistentClient(path=str(path), settings=settings)
         self._collection = self._client.get_or_create_collection(
-            _collection_name(embedder_name, kind),
+            _collection_name(embedder_name, kind, kb),
             configuration={"hnsw": {"space": "cosine"}},
             embedding_function=None,  # we always pass vectors; Chroma must not download its default model
         )
 
     def count(self) -> int:
         return self._collection.count()
+
+    def drop(self) -> None:
+        """Delete the whole collection (a knowledge base deleted); this object is unusable afterwards."""
+        self._client.delete_collection(self._collection.name)
 
     def ids(self) -> set[str]:
         return set(self._collection.get(include=[])["ids"])
@@ -125,14 +134,18 @@ class ChromaCatalog:
 
     HEAD = "generation"
 
-    def __init__(self, embedder_name: str, host: str, port: int = 8000):
+    def __init__(self, embedder_name: str, host: str, port: int = 8000, kb: str = ""):
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
         self._client = chromadb.HttpClient(host=host, port=port,
                                            settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
-        self._collection = self._client.get_or_create_collection(_collection_name(embedder_name, "catalog"),
+        self._collection = self._client.get_or_create_collection(_collection_name(embedder_name, "catalog", kb),
                                                                  embedding_function=None)
+
+    def drop(self) -> None:
+        """Delete the whole collection (a knowledge base deleted); this object is unusable afterwards."""
+        self._client.delete_collection(self._collection.name)
 
     def head(self) -> dict | None:
         """The committed generation record ({"generation", "embedder", "split_signature", "docs": [record ids]}),

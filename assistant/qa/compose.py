@@ -147,6 +147,7 @@ class ExtractiveAnswerer:
                 chunk_id=h.chunk.id,
                 issuer=h.chunk.issuer,
                 date=h.chunk.date,
+                knowledge_base=h.chunk.kb,
             )
             for i, h in enumerate(hits, 1)
         )

@@ -68,8 +68,11 @@ class QuestionPipeline:
                 plan = dataclasses.replace(plan, query=query, condensed_by="llm")
         return plan
 
-    def retrieve(self, plan: TurnPlan, top_k: int | None = None, mode: Mode = "hybrid") -> Retrieval:
-        found = self.retriever.search(plan.query, top_k, mode, plan.intent)
+    def retrieve(self, plan: TurnPlan, top_k: int | None = None, mode: Mode = "hybrid",
+                 scope: Sequence[str] | None = None) -> Retrieval:
+        """`scope`: the knowledge bases to search (index/kb.py Shelf.scope; None: the configured default). Evidence
+        is judged within it: what another knowledge base would answer is refused here."""
+        found = self.retriever.search(plan.query, top_k, mode, plan.intent, scope)
         return Retrieval(plan.query, found.hits, judge(found, self.settings, self.answerability, plan),
                          found.sentences)
 
@@ -89,8 +92,8 @@ class QuestionPipeline:
             return answer_events(self.answerer.refuse(plan.question, injection=True))
         return self.answerer.stream(retrieval, deadline, plan)
 
-    def stream(self, question: str, history: Sequence[Turn] = (), deadline: float | None = None
-               ) -> tuple[TurnPlan, Retrieval | None, Iterator[StreamEvent]]:
+    def stream(self, question: str, history: Sequence[Turn] = (), deadline: float | None = None,
+               scope: Sequence[str] | None = None) -> tuple[TurnPlan, Retrieval | None, Iterator[StreamEvent]]:
         """The chat path: nothing is retrieved for a turn that needs no evidence (small talk, an injection)."""
         plan = self.plan(question, history, deadline)
         pinned = self.pinned(plan)
@@ -98,14 +101,14 @@ class QuestionPipeline:
             # Nothing retrieved; the log's evidence says that a staff pin answered.
             evidence = Evidence(True, "；".join(pinned.notes))
             return plan, Retrieval(plan.query, (), evidence), answer_events(pinned)
-        retrieval = None if plan.kind in _NO_EVIDENCE else self.retrieve(plan)
+        retrieval = None if plan.kind in _NO_EVIDENCE else self.retrieve(plan, scope=scope)
         return plan, retrieval, self.compose(plan, retrieval, deadline)
 
     def explain(self, question: str, history: Sequence[Turn] = (), top_k: int | None = None,
-                mode: Mode = "hybrid") -> Explanation:
+                mode: Mode = "hybrid", scope: Sequence[str] | None = None) -> Explanation:
         """The hit test: the same plan and answer as chat, plus what retrieval found even where chat needs none."""
         plan = self.plan(question, history)
-        retrieval = self.retrieve(plan, top_k, mode)
+        retrieval = self.retrieve(plan, top_k, mode, scope)
         pinned = self.pinned(plan)
         events = answer_events(pinned) if pinned else self.compose(plan, None if plan.kind in _NO_EVIDENCE else retrieval)
         answer = next(e.answer for e in events if e.type is EventType.DONE)

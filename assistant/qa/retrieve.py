@@ -15,11 +15,10 @@ from typing import Literal
 import numpy as np
 
 from assistant.config import RetrievalSettings
-from assistant.index.catalog import Catalog, IndexDir
 from assistant.index.embedding import Embedder
-from assistant.index.lexical import JiebaTokenizer, LexicalIndex
+from assistant.index.kb import KbIndex, Shelf, Snapshot
+from assistant.index.lexical import JiebaTokenizer, search_together
 from assistant.index.sentences import provision_sentences, sentence_id
-from assistant.index.store import ChromaStore
 from assistant.index.synonyms import QueryExpander
 from assistant.qa.understand import INTENT_SIGNS
 from assistant.types import Chunk, ScoredChunk
@@ -43,16 +42,6 @@ class Candidates:
     unknown: float  # idf-weighted share of the query's content words that no chunk contains at all
     content_words: int = 1  # the query's content words (stopwords and question words left out)
     sentences: SentenceScores = field(default_factory=dict)  # for the reranked pool; empty without sentence vectors
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    catalog: Catalog
-    lexical: LexicalIndex
-    retired: frozenset[str]  # chunks of superseded versions (catalog.py supersede): in the store, never returned
-    tokens: dict[str, frozenset[str]]  # chunk id → its content words, for the coverage evidence (live chunks only)
-    idf: dict[str, float]  # word → idf over live chunks; unseen words get the maximum
-    max_idf: float
 
 
 def fuse(chunks: dict[str, Chunk], lexical: Ranked, dense: Ranked, rrf_k: int, lexical_weight: float,
@@ -110,112 +99,120 @@ def diversify(ranked: list[ScoredChunk], cap: int) -> list[ScoredChunk]:
 
 
 class HybridRetriever:
-    """`poll_seconds`: how often a background thread asks whether another process (a worker on the same data dir, or
-    another host of the same Chroma server) committed a generation, and reloads if so; 0: ask before every search
-    (tests). The question costs a stat of CURRENT (or one small read from the Chroma server), never the query."""
+    """Searches a scope: one or more knowledge bases of the shelf (index/kb.py), as if they were one index. BM25 is
+    scored with the union's statistics; dense hits of each knowledge base's collection are merged by cosine; the
+    fused, diversified and reranked pool is the same as one knowledge base holding those documents would give.
 
-    def __init__(self, embedder: Embedder, store: ChromaStore, index_dir: IndexDir, tokenizer: JiebaTokenizer,
-                 settings: RetrievalSettings, expander: QueryExpander, sentences: ChromaStore | None = None,
-                 poll_seconds: float = 0.0):
-        self.sentences = sentences  # sentence vectors (ingest/pipeline.py); None: rank by fused chunk scores only
+    `poll_seconds`: how often a background thread asks whether another process (a worker on the same data dir, or
+    another host of the same Chroma server) committed a generation or created a knowledge base, and reloads if so;
+    0: ask before every search (tests). The question costs a stat per knowledge base, never the query."""
+
+    def __init__(self, embedder: Embedder, shelf: Shelf, tokenizer: JiebaTokenizer, settings: RetrievalSettings,
+                 expander: QueryExpander, poll_seconds: float = 0.0, use_sentences: bool = True):
         self.expander = expander
         self.embedder = embedder
-        self.store = store
-        self.index_dir = index_dir
+        self.shelf = shelf
         self.tokenizer = tokenizer
         self.settings = settings
         self.poll_seconds = poll_seconds
-        self._reloading = threading.Lock()  # one reload at a time; searches never wait for it
-        self._snap = self._load()
+        self.use_sentences = use_sentences  # False: rank by fused chunk scores only, without sentence vectors
         self._stop = threading.Event()
         if poll_seconds > 0:
             # The thread holds the retriever weakly: services dropped (a test's, a rebuilt app's) stop their watcher.
             threading.Thread(target=_watch, args=(weakref.ref(self), poll_seconds, self._stop),
                              name="index-watch", daemon=True).start()
 
-    # ---- index lifecycle ------------------------------------------------------------------------
-    def _load(self) -> _Snapshot:
-        lexical = LexicalIndex(self.tokenizer)
-        catalog = self.index_dir.load(lexical)
-        tokens = {c.id: frozenset(self.tokenizer.tokens(c.text)) for c in catalog.live_chunks()}
-        df = Counter(t for words in tokens.values() for t in words)
-        n = len(tokens)
-        idf = {t: math.log(1 + n / (1 + d)) for t, d in df.items()}
-        return _Snapshot(catalog, lexical, catalog.retired(), tokens, idf, math.log(1 + n))
-
-    def reload(self) -> None:
-        """Pick up a newly committed generation. Requests in flight keep the snapshot they started with: each
-        search() reads self._snap once, and rebinding an attribute is atomic."""
-        with self._reloading:
-            self._snap = self._load()
-
     def refresh(self) -> bool:
-        """Reload if the committed generation is not the one being served (another process committed); True if it
-        reloaded. What the watcher runs every poll_seconds."""
-        if self.index_dir.head() == self._snap.catalog.generation:
-            return False
-        with self._reloading:
-            if self.index_dir.head() == self._snap.catalog.generation:
-                return False  # another thread reloaded while this one waited
-            self._snap = self._load()
-        log.info("index: now serving generation %d", self._snap.catalog.generation)
-        return True
+        """What the watcher runs every poll_seconds: knowledge bases created or deleted elsewhere, new generations."""
+        return self.shelf.refresh()
 
     def close(self) -> None:
         """Stop the watcher thread."""
         self._stop.set()
 
-    @property
-    def catalog(self) -> Catalog:
-        return self._snap.catalog
-
     def knows(self, word: str) -> bool:
-        """Whether any live chunk contains this content word (as the tokenizer cuts it)."""
-        return word in self._snap.idf
+        """Whether any live chunk of any knowledge base contains this content word (as the tokenizer cuts it)."""
+        return any(ix.snap.lexical.doc_freq(word) for ix in self.shelf.indexes(self.shelf.names()))
+
+    def find(self, chunk_id: str) -> tuple[KbIndex, Chunk] | None:
+        """The knowledge base holding a chunk (the first, in shelf order, of those that do), and the chunk."""
+        for ix in self.shelf.indexes(self.shelf.names()):
+            chunk = ix.snap.catalog.chunks.get(chunk_id)
+            if chunk is not None:
+                return ix, chunk
+        return None
 
     # ---- search ---------------------------------------------------------------------------------
-    def search(self, query: str, top_k: int | None = None, mode: Mode = "hybrid", intent: str = "") -> Candidates:
+    def search(self, query: str, top_k: int | None = None, mode: Mode = "hybrid", intent: str = "",
+               scope: Sequence[str] | None = None) -> Candidates:
+        """`scope`: the names of the knowledge bases to search; None: the default scope (Shelf.scope).
+        UnknownKnowledgeBase for a name not on the shelf."""
         if not self.poll_seconds:
             self.refresh()
-        snap = self._snap
+        indexes = self.shelf.indexes(self.shelf.scope(scope))
+        snaps = [ix.snap for ix in indexes]  # each read once: a reload mid-search changes nothing
         s = self.settings
         top_k = top_k or s.top_k
         n = max(s.candidates, top_k)
         expanded = self.expander.expand(query)
+        chunks: dict[str, Chunk] = {}  # the hits' chunks: fuse() looks up only these
         lexical: Ranked = ()
         if mode != "dense":
-            # BM25 is built without retired chunks (pipeline._commit, SharedIndexDir.sync); this only double-checks.
-            lexical = tuple((cid, sc) for cid, sc in snap.lexical.search(expanded if s.expand_lexical else query, n)
-                            if cid not in snap.retired)
+            tokens = self.tokenizer.tokens(expanded if s.expand_lexical else query)
+            found = []
+            for k, cid, score in search_together([snap.lexical for snap in snaps], tokens, n):
+                # BM25 is built without retired chunks (pipeline._commit, SharedIndexDir.sync); this only double-checks.
+                if cid not in snaps[k].retired and cid not in chunks:
+                    chunks[cid] = snaps[k].catalog.chunks[cid]
+                    found.append((cid, score))
+            lexical = tuple(found)
         dense: Ranked = ()
         vector = None
-        if mode != "bm25" and snap.catalog.chunks:
+        if mode != "bm25" and any(snap.catalog.chunks for snap in snaps):
             vector = self.embedder.embed_query(expanded if s.expand_dense else query)
-            # Over-fetch: the store may hold vectors of chunks that are no longer live (see catalog.py), and holds
-            # those of superseded versions, which sit right beside their successors' (capped: a few old versions
-            # is the usual case; past the cap fewer dense hits may come back, never a retired one).
-            raw = self.store.query(vector, n + 10 + min(len(snap.retired), RETIRED_OVERFETCH))
-            dense = tuple((cid, sc) for cid, sc in raw
-                          if cid in snap.catalog.chunks and cid not in snap.retired)[:n]
-        fused = fuse(snap.catalog.chunks, lexical, dense, s.rrf_k,
+            merged: list[tuple[float, str, Chunk]] = []
+            for ix, snap in zip(indexes, snaps):
+                if not snap.catalog.chunks:
+                    continue
+                # Over-fetch: the store may hold vectors of chunks that are no longer live (see catalog.py), and
+                # holds those of superseded versions, which sit right beside their successors' (capped: a few old
+                # versions is the usual case; past the cap fewer dense hits may come back, never a retired one).
+                raw = ix.store.query(vector, n + 10 + min(len(snap.retired), RETIRED_OVERFETCH))
+                merged += [(sc, cid, snap.catalog.chunks[cid]) for cid, sc in raw
+                           if cid in snap.catalog.chunks and cid not in snap.retired]
+            merged.sort(key=lambda t: -t[0])  # stable: equal cosines keep the scope's order
+            picked: dict[str, float] = {}
+            for sc, cid, chunk in merged:  # the same passage in two knowledge bases is one hit (types.Chunk.kb)
+                if len(picked) == n:
+                    break
+                if cid not in picked:
+                    picked[cid] = sc
+                    chunks.setdefault(cid, chunk)
+            dense = tuple(picked.items())
+        fused = fuse(chunks, lexical, dense, s.rrf_k,
                      s.lexical_weight if mode != "dense" else 0.0, s.dense_weight if mode != "bm25" else 0.0)
         ranked = diversify(fused, s.max_per_source)
         pool = ranked[: max(top_k, s.rerank_pool)]
-        sentences = self._sentence_scores(vector, pool)
+        sentences = self._sentence_scores(vector, pool, {ix.name: ix for ix in indexes})
         if mode == "hybrid" and s.rerank_pool:
             pool = rerank(pool, sentences, intent, s.sentence_weight, s.intent_weight)
         hits = tuple(pool[:top_k])
         words = set(self.tokenizer.tokens(query))
-        return Candidates(query, hits, lexical, dense, *self._coverage(snap, words, hits),
+        return Candidates(query, hits, lexical, dense, *self._coverage(snaps, words, hits),
                           content_words=len(words), sentences=sentences)
 
-    def _sentence_scores(self, vector: np.ndarray | None, pool: Sequence[ScoredChunk]) -> SentenceScores:
-        """Cosine of the query to each sentence of the pool's chunks, from the stored sentence vectors."""
-        if self.sentences is None or vector is None or not pool:
+    def _sentence_scores(self, vector: np.ndarray | None, pool: Sequence[ScoredChunk],
+                         indexes: dict[str, KbIndex]) -> SentenceScores:
+        """Cosine of the query to each sentence of the pool's chunks, from each knowledge base's sentence vectors."""
+        if not self.use_sentences or vector is None or not pool:
             return {}
         per_chunk = {h.chunk.id: provision_sentences(h.chunk.body) for h in pool}
-        ids = {sentence_id(t) for texts in per_chunk.values() for t in texts}
-        stored = self.sentences.vectors(sorted(ids))
+        stored: dict[str, np.ndarray] = {}
+        for name in dict.fromkeys(h.chunk.kb for h in pool):
+            store = indexes[name].sentences if name in indexes else None
+            if store is not None:
+                ids = {sentence_id(t) for h in pool if h.chunk.kb == name for t in per_chunk[h.chunk.id]}
+                stored.update(store.vectors(sorted(ids)))
         q = np.asarray(vector, dtype=np.float32)
         q = q / (np.linalg.norm(q) or 1.0)
         out: SentenceScores = {}
@@ -229,15 +226,27 @@ class HybridRetriever:
         return out
 
     @staticmethod
-    def _coverage(snap: _Snapshot, words: set[str], hits: Sequence[ScoredChunk]) -> tuple[float, float]:
-        """(share found in the top hits, share found nowhere), weighted by idf: "红烧肉" (unseen in the corpus)
-        weighs more than "怎么" or "小区"."""
-        near = frozenset().union(*(snap.tokens.get(h.chunk.id, frozenset()) for h in hits[:3]))
-        total = sum(snap.idf.get(w, snap.max_idf) for w in words)
+    def _coverage(snaps: Sequence[Snapshot], words: set[str], hits: Sequence[ScoredChunk]) -> tuple[float, float]:
+        """(share found in the top hits, share found nowhere in the scope), weighted by idf over the scope's live
+        chunks: "红烧肉" (unseen) weighs more than "怎么" or "小区". Read from BM25's postings, nothing re-tokenized."""
+        by_kb = {snap.kb: snap for snap in snaps}
+        near: frozenset[str] = frozenset()
+        for h in hits[:3]:
+            snap = by_kb.get(h.chunk.kb)
+            if snap is not None:
+                near |= snap.lexical.terms_of(h.chunk.id)
+        n = sum(snap.lexical.n for snap in snaps)
+        max_idf = math.log(1 + n)
+        idf = {}
+        for w in words:
+            df = sum(snap.lexical.doc_freq(w) for snap in snaps)
+            idf[w] = math.log(1 + n / (1 + df)) if df else max_idf
+        total = sum(idf.values())
         if not total:
             return 0.0, 0.0
-        found = sum(snap.idf.get(w, snap.max_idf) for w in words & near) / total
-        return found, sum(snap.max_idf for w in words if w not in snap.idf) / total
+        found = sum(idf[w] for w in words & near) / total
+        unseen = sum(max_idf for w in words if not any(snap.lexical.doc_freq(w) for snap in snaps))
+        return found, unseen / total
 
 
 def _watch(ref: weakref.ref, every: float, stop: threading.Event) -> None:

@@ -1,5 +1,5 @@
-"""Admin API for scripts and CMS hooks: upload, delete, re-index, read the question log, pin staff answers. Bearer
-XIAOYU_ADMIN_TOKEN."""
+"""Admin API for scripts and CMS hooks: knowledge bases; upload, delete, re-index (the default knowledge base, or the
+one `?kb=` names); read the question log, pin staff answers. Bearer XIAOYU_ADMIN_TOKEN."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from assistant.api.deps import ChatDep, DeskDep, KnowledgeDep, ServicesDep, StaffDep
+from assistant.api.deps import ChatDep, DeskDep, KnowledgeDep, LibraryDep, ServicesDep, StaffDep
 from assistant.api.middleware import admin_refusal
 from assistant.api.schemas import PinIn, PinOut, ReplyIn, RequestDetail, RequestListed
 from assistant.state.questionlog import QuestionQuery
@@ -99,6 +99,48 @@ class TopicOut(BaseModel):
     down_votes: int
     examples: list[str]
     weeks: list[WeekCountOut] | None = None  # with weekly=true: every ISO week of the window, oldest first
+
+
+class KnowledgeBaseIn(BaseModel):
+    name: str = Field(max_length=64, description="letters, digits, - and _ (1–32 characters)")
+    title: str = Field("", max_length=100)
+
+
+class KnowledgeBaseOut(BaseModel):
+    name: str
+    title: str
+    documents: int
+    chunks: int
+    generation: int
+    created_at: str
+    in_default_scope: bool
+
+
+def _kb_out(info) -> KnowledgeBaseOut:
+    return KnowledgeBaseOut(name=info.name, title=info.title, documents=info.documents, chunks=info.chunks,
+                            generation=info.generation, created_at=info.created_at, in_default_scope=info.default)
+
+
+@router.get("/knowledge-bases", response_model=list[KnowledgeBaseOut])
+def knowledge_bases(library: LibraryDep) -> list[KnowledgeBaseOut]:
+    return [_kb_out(i) for i in library.list()]
+
+
+@router.post("/knowledge-bases", response_model=KnowledgeBaseOut, status_code=201,
+             responses={200: {"description": "it existed already (its title is updated)"}})
+async def create_knowledge_base(library: LibraryDep, body: KnowledgeBaseIn, response: Response) -> KnowledgeBaseOut:
+    """Fill it with POST /admin/documents?kb=<name> (uploads) or `xiaoyu ingest --kb <name> PATH…`."""
+    info, new = await run_in_threadpool(library.create, body.name, body.title)
+    if not new:
+        response.status_code = 200
+    return _kb_out(info)
+
+
+@router.delete("/knowledge-bases/{name}", status_code=204)
+async def delete_knowledge_base(library: LibraryDep, name: str) -> Response:
+    """Its documents, vectors and uploads go with it; the default knowledge base can't be deleted (422)."""
+    await run_in_threadpool(library.delete, name[:64])
+    return Response(status_code=204)
 
 
 @router.get("/documents", response_model=list[DocumentOut])

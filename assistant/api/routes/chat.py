@@ -1,3 +1,5 @@
+from functools import partial
+
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
@@ -11,7 +13,8 @@ router = APIRouter(prefix="/api", tags=["chat"])
 @router.post("/retrieve", response_model=RetrieveResponse)
 async def retrieve(req: RetrieveRequest, chat: ChatDep) -> RetrieveResponse:
     history = [t.to_turn() for t in req.history]
-    result = await run_in_threadpool(chat.retrieve, req.query, history, req.top_k)
+    scope = chat.scope(req.knowledge_bases)  # an unknown name is a 422 before any work
+    result = await run_in_threadpool(chat.retrieve, req.query, history, req.top_k, "hybrid", scope)
     return RetrieveResponse(query=result.query, covered=result.evidence.covered, reason=result.evidence.reason,
                             hits=[HitOut.of(h) for h in result.hits])
 
@@ -19,6 +22,7 @@ async def retrieve(req: RetrieveRequest, chat: ChatDep) -> RetrieveResponse:
 @router.post("/chat", response_model=ChatResponse)
 async def chat(req: ChatRequest, chat: ChatDep) -> ChatResponse:
     history = [t.to_turn() for t in req.history]
-    answer = await run_in_threadpool(chat.ask, req.question, history, req.session_id, Channel.API,
-                                     start_session=True)
+    scope = chat.scope(req.knowledge_bases)
+    answer = await run_in_threadpool(partial(chat.ask, req.question, history, req.session_id, Channel.API,
+                                             start_session=True, knowledge_bases=scope))
     return ChatResponse.of(answer)

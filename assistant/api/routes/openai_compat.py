@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Literal
 
 from fastapi import APIRouter
@@ -92,9 +93,9 @@ def _citations(answer: Answer) -> list[dict]:
     return [CitationOut.of(c).model_dump() for c in answer.citations]
 
 
-def _completion(completion_id: str, question: str, answer: Answer) -> dict:
+def _completion(completion_id: str, model: str, question: str, answer: Answer) -> dict:
     return {
-        "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": MODEL,
+        "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text, "refusal": None},
                      "logprobs": None, "finish_reason": "stop"}],
         "usage": _usage(question, answer),
@@ -108,22 +109,24 @@ def _session(answer: Answer) -> dict:
     return {"session_id": answer.session_id} if answer.session_id else {}
 
 
-def _chunk(completion_id: str, created: int, delta: dict, finish_reason: str | None = None, **extra) -> str:
-    body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": MODEL,
+def _chunk(completion_id: str, created: int, model: str, delta: dict, finish_reason: str | None = None,
+           **extra) -> str:
+    body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra}
     return json.dumps(body, ensure_ascii=False)
 
 
 def _stream_chunks(service: ChatService, req: ChatCompletionRequest, question: str, history: list[Turn],
-                   completion_id: str) -> Iterator[dict]:
+                   completion_id: str, scope: tuple[str, ...]) -> Iterator[dict]:
     """Runs in a worker thread (sse-starlette iterates sync generators in the threadpool)."""
     created = int(time.time())
-    yield {"data": _chunk(completion_id, created, {"role": "assistant", "content": ""})}
+    yield {"data": _chunk(completion_id, created, req.model, {"role": "assistant", "content": ""})}
     answer = None
     try:
-        for event in service.stream(question, history, req.session_id, Channel.OPENAI, req.user):
+        for event in service.stream(question, history, req.session_id, Channel.OPENAI, req.user,
+                                    knowledge_bases=scope):
             if event.type is EventType.DELTA and event.text:
-                yield {"data": _chunk(completion_id, created, {"content": event.text})}
+                yield {"data": _chunk(completion_id, created, req.model, {"content": event.text})}
             elif event.type is EventType.DONE:
                 answer = event.answer
     except Exception:
@@ -133,19 +136,21 @@ def _stream_chunks(service: ChatService, req: ChatCompletionRequest, question: s
                                              "code": "internal_error", "param": None}}, ensure_ascii=False)}
         return
     assert answer is not None
-    yield {"data": _chunk(completion_id, created, {}, "stop", citations=_citations(answer), refused=answer.refused,
+    yield {"data": _chunk(completion_id, created, req.model, {}, "stop", citations=_citations(answer), refused=answer.refused,
                                 kind=answer.kind.value, answer_id=answer.answer_id, **_session(answer))}
     if req.stream_options and req.stream_options.include_usage:
         yield {"data": json.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                                   "model": MODEL, "choices": [], "usage": _usage(question, answer)})}
+                                   "model": req.model, "choices": [], "usage": _usage(question, answer)})}
     yield {"data": "[DONE]"}
 
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(req: ChatCompletionRequest, chat: ChatDep) -> JSONResponse | EventSourceResponse:
-    if req.model != MODEL:
-        return _error(404, f"模型 {req.model!r} 不存在，请使用 {MODEL!r}。", "invalid_request_error",
+    scopes = _scopes(chat)
+    if req.model not in scopes:
+        return _error(404, f"模型 {req.model[:64]!r} 不存在，可用的模型：{'、'.join(scopes)}。", "invalid_request_error",
                       "model_not_found", "model")
+    scope = scopes[req.model]
     split = _split(req.messages)
     if isinstance(split, str):
         return _error(400, split, "invalid_request_error", "invalid_messages", "messages")
@@ -156,22 +161,31 @@ async def chat_completions(req: ChatCompletionRequest, chat: ChatDep) -> JSONRes
         return _error(400, exc.user_message, "invalid_request_error", "invalid_question", "messages")
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     if req.stream:
-        return EventSourceResponse(_stream_chunks(chat, req, question, history, completion_id), ping=15)
-    answer = await run_in_threadpool(chat.ask, question, history, req.session_id, Channel.OPENAI, req.user)
-    return JSONResponse(_completion(completion_id, question, answer))
+        return EventSourceResponse(_stream_chunks(chat, req, question, history, completion_id, scope), ping=15)
+    answer = await run_in_threadpool(partial(chat.ask, question, history, req.session_id, Channel.OPENAI, req.user,
+                                             knowledge_bases=scope))
+    return JSONResponse(_completion(completion_id, req.model, question, answer))
 
 
 @router.get("/models")
-def list_models() -> dict:
-    return {"object": "list", "data": [_model()]}
+def list_models(chat: ChatDep) -> dict:
+    return {"object": "list", "data": [_model(name) for name in _scopes(chat)]}
 
 
 @router.get("/models/{model_id}", response_model=None)
-def get_model(model_id: str) -> dict | JSONResponse:
-    if model_id != MODEL:
-        return _error(404, f"模型 {model_id!r} 不存在，请使用 {MODEL!r}。", "invalid_request_error", "model_not_found")
-    return _model()
+def get_model(model_id: str, chat: ChatDep) -> dict | JSONResponse:
+    scopes = _scopes(chat)
+    if model_id not in scopes:
+        return _error(404, f"模型 {model_id[:64]!r} 不存在，可用的模型：{'、'.join(scopes)}。", "invalid_request_error",
+                      "model_not_found")
+    return _model(model_id)
 
 
-def _model() -> dict:
-    return {"id": MODEL, "object": "model", "created": _CREATED, "owned_by": "xiaoyu"}
+def _scopes(chat: ChatService) -> dict[str, tuple[str, ...]]:
+    """Model name → the knowledge bases it answers from, as Dify and FastGPT bind datasets to an app: "xiaoyu" is
+    the default scope, "xiaoyu-<name>" one knowledge base alone."""
+    return {MODEL: chat.scope(), **{f"{MODEL}-{name}": (name,) for name in chat.knowledge_base_names()}}
+
+
+def _model(model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": _CREATED, "owned_by": "xiaoyu"}

@@ -108,10 +108,11 @@ def _sse(kind: str, data: dict) -> dict:
     return {"event": kind, "data": json.dumps(data, ensure_ascii=False)}
 
 
-def _events(service: ChatService, req: ChatRequest, history) -> Iterator[dict]:
+def _events(service: ChatService, req: ChatRequest, history, scope: tuple[str, ...]) -> Iterator[dict]:
     """citations → delta … → done. Runs in a worker thread; a client that goes away simply stops the iteration."""
     try:
-        for event in service.stream(req.question, history, req.session_id, Channel.WEB, start_session=True):
+        for event in service.stream(req.question, history, req.session_id, Channel.WEB, start_session=True,
+                                    knowledge_bases=scope):
             if event.type is EventType.CITATIONS:
                 yield _sse("citations", {"citations": [CitationOut.of(c).model_dump() for c in event.citations]})
             elif event.type is EventType.DELTA:
@@ -130,8 +131,9 @@ def _events(service: ChatService, req: ChatRequest, history) -> Iterator[dict]:
                               "description": "SSE: event citations, then delta (text) events, then done"}})
 async def chat_stream(req: ChatRequest, chat: ChatDep) -> EventSourceResponse:
     chat.check_question(req.question)  # a bad question is a 422 with its reason, before the stream starts
+    scope = chat.scope(req.knowledge_bases)  # and so is an unknown knowledge base
     history = [t.to_turn() for t in req.history]
-    return EventSourceResponse(_events(chat, req, history), ping=15)
+    return EventSourceResponse(_events(chat, req, history, scope), ping=15)
 
 
 @router.delete("/api/chat/sessions/{session_id}", tags=["chat"], status_code=204)

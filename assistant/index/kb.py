@@ -1,0 +1,280 @@
+"""Named knowledge bases: each its own documents, generation, BM25 and Chroma collections (KbIndex), listed in a
+registry file in the data dir (Registry), and the shelf of those a process serves (Shelf), searched together for a
+scope by qa/retrieve.py.
+
+Why one index each, not one index with a knowledge-base field: a knowledge base is ingested, re-indexed, collected
+and deleted on its own (adding a file to `community` never touches the 20,000 chunks of `laws`), and a query asks
+only the knowledge bases of its scope, with no filter over chunks it can't return. What would be lost, comparable
+scores, is kept: dense similarities are cosines of one embedder, and BM25 scores the union with its statistics
+(lexical.search_together), so a scope ranks exactly as one knowledge base holding the same documents.
+
+Layout: the default knowledge base (DEFAULT_KB) keeps data_dir/index and the collections it had before there were
+several, so an existing data dir needs no migration; another lives in data_dir/kb/<name>/."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from assistant.errors import BadQuestion, NotFound
+from assistant.index.catalog import Catalog, IndexDir
+from assistant.index.lexical import JiebaTokenizer, LexicalIndex
+from assistant.index.store import ChromaStore
+
+log = logging.getLogger("xiaoyu")
+DEFAULT_KB = "community"
+NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+class UnknownKnowledgeBase(BadQuestion):
+    """A scope names a knowledge base that does not exist: a 422 naming the ones that do."""
+
+    def __init__(self, unknown: Sequence[str], known: Sequence[str]):
+        self.unknown, self.known = tuple(unknown), tuple(known)
+        names = "、".join(n[:40] for n in unknown[:5])
+        super().__init__(f"没有这个知识库：{names}。现有的知识库：{'、'.join(known) or '（无）'}")
+
+
+def check_name(name: str) -> str:
+    """A knowledge base's name as given, or BadQuestion: letters, digits, '-' and '_', 1–32 characters."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise BadQuestion(f"知识库名称只能用字母、数字、- 和 _（1–32 个字符），不是 {str(name)[:40]!r}")
+    return name
+
+
+def kb_dir(data_dir: Path, name: str) -> Path:
+    """The folder whose index/ (and uploads/) hold knowledge base `name`."""
+    return data_dir if name == DEFAULT_KB else data_dir / "kb" / name
+
+
+@dataclass(frozen=True)
+class KbInfo:
+    name: str
+    title: str = ""
+    created_at: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One committed generation of one knowledge base, as searches read it: replaced whole on reload, never edited."""
+
+    kb: str
+    catalog: Catalog
+    lexical: LexicalIndex
+    retired: frozenset[str]  # chunks of superseded versions (catalog.py supersede): in the store, never returned
+
+
+class KbIndex:
+    """One knowledge base's index: its committed generation (IndexDir: catalog and BM25) and its vectors (chunks and
+    sentences in Chroma), and the snapshot searches read."""
+
+    def __init__(self, name: str, index_dir: IndexDir, store: ChromaStore, sentences: ChromaStore | None,
+                 tokenizer: JiebaTokenizer):
+        self.name = name
+        self.index_dir = index_dir
+        self.store = store
+        self.sentences = sentences
+        self.tokenizer = tokenizer
+        self._reloading = threading.Lock()  # one reload at a time; searches never wait for it
+        self.snap = self._load()
+
+    def _load(self) -> Snapshot:
+        lexical = LexicalIndex(self.tokenizer)
+        catalog = self.index_dir.load(lexical)
+        # Each chunk names its knowledge base (citations carry it); catalogs written before there were several don't.
+        catalog.chunks = {cid: c if c.kb == self.name else replace(c, kb=self.name)
+                          for cid, c in catalog.chunks.items()}
+        return Snapshot(self.name, catalog, lexical, catalog.retired())
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.snap.catalog
+
+    def reload(self) -> None:
+        """Pick up a newly committed generation. Searches in flight keep the snapshot they started with: each reads
+        self.snap once, and rebinding an attribute is atomic."""
+        with self._reloading:
+            self.snap = self._load()
+
+    def refresh(self) -> bool:
+        """Reload if the committed generation is not the one being served (another process committed); True if it
+        reloaded. The question costs a stat of CURRENT (or one small read from the Chroma server)."""
+        if self.index_dir.head() == self.snap.catalog.generation:
+            return False
+        with self._reloading:
+            if self.index_dir.head() == self.snap.catalog.generation:
+                return False  # another thread reloaded while this one waited
+            self.snap = self._load()
+        log.info("index %s: now serving generation %d", self.name, self.snap.catalog.generation)
+        return True
+
+
+class Registry:
+    """data_dir/knowledge_bases.json: the knowledge bases of a deployment, shared by every process on the data dir.
+    The default one is always there. Written atomically under a lock, so two processes creating at once both land."""
+
+    def __init__(self, data_dir: Path):
+        self.path = data_dir / "knowledge_bases.json"
+        self._lock_path = data_dir / ".knowledge_bases.lock"
+
+    def stamp(self) -> tuple | None:
+        """Changes whenever the file is rewritten: what a process polls to learn of another's create or delete."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def all(self) -> dict[str, KbInfo]:
+        entries = {}
+        if self.path.is_file():
+            for item in json.loads(self.path.read_text(encoding="utf-8")):
+                entries[item["name"]] = KbInfo(item["name"], item.get("title", ""), item.get("created_at", ""))
+        entries.setdefault(DEFAULT_KB, KbInfo(DEFAULT_KB, "社区政策"))
+        return dict(sorted(entries.items(), key=lambda kv: (kv[0] != DEFAULT_KB, kv[0])))
+
+    def add(self, name: str, title: str = "") -> tuple[KbInfo, bool]:
+        """(the entry, whether it is new); an existing name keeps its entry (a title given then replaces its own)."""
+        with self._locked():
+            entries = self.all()
+            old = entries.get(name)
+            info = KbInfo(name, title or (old.title if old else ""),
+                          old.created_at if old else datetime.now(UTC).isoformat(timespec="seconds"))
+            entries[name] = info
+            self._write(entries)
+            return info, old is None
+
+    def remove(self, name: str) -> None:
+        with self._locked():
+            entries = self.all()
+            entries.pop(name, None)
+            self._write(entries)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_path, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
+    def _write(self, entries: dict[str, KbInfo]) -> None:
+        body = json.dumps([{"name": i.name, "title": i.title, "created_at": i.created_at} for i in entries.values()],
+                          ensure_ascii=False, indent=1)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".knowledge_bases.")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+class Shelf:
+    """The knowledge bases this process serves, by name, kept in step with the registry: a knowledge base another
+    process created or deleted is opened or closed at the next refresh(). `open_index(name)` builds one KbIndex
+    (build_services supplies it: the concrete classes are made there)."""
+
+    def __init__(self, registry: Registry, open_index: Callable[[str], KbIndex], default: Sequence[str] = ()):
+        """`default`: the default scope (XIAOYU_DEFAULT_KNOWLEDGE_BASES); empty: every knowledge base."""
+        self.registry = registry
+        self.default = tuple(default)
+        self._open = open_index
+        self._lock = threading.Lock()
+        self._stamp = registry.stamp()
+        self._infos = registry.all()
+        self._indexes: dict[str, KbIndex] = {name: open_index(name) for name in self._infos}
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._indexes)
+
+    def infos(self) -> list[KbInfo]:
+        return [self._infos[n] for n in self._indexes if n in self._infos]
+
+    def __getitem__(self, name: str) -> KbIndex:
+        found = self._indexes.get(name)
+        if found is None:
+            raise NotFound(f"没有这个知识库：{name[:40]}")
+        return found
+
+    def get(self, name: str) -> KbIndex | None:
+        return self._indexes.get(name)
+
+    def scope(self, names: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The scope a caller asked for, checked (UnknownKnowledgeBase), in its order without repeats; None or empty:
+        the default scope, those of its names that exist (all knowledge bases when none does, or none is set)."""
+        if names:
+            return tuple(ix.name for ix in self.indexes(names))
+        served = self.names()
+        return tuple(n for n in self.default if n in served) or served
+
+    def indexes(self, names: Sequence[str]) -> list[KbIndex]:
+        """The indexes of a scope, in its order; UnknownKnowledgeBase for a name not served."""
+        unknown = [n for n in names if n not in self._indexes]
+        if unknown:
+            self.refresh_registry()  # another process may have created it a moment ago
+            unknown = [n for n in names if n not in self._indexes]
+        if unknown:
+            raise UnknownKnowledgeBase(unknown, self.names())
+        return [self._indexes[n] for n in dict.fromkeys(names)]
+
+    def create(self, name: str, title: str = "") -> tuple[KbInfo, bool]:
+        check_name(name)
+        info, new = self.registry.add(name, title.strip()[:100] if title else "")
+        with self._lock:
+            self._infos = self.registry.all()
+            self._stamp = self.registry.stamp()
+            if name not in self._indexes:
+                self._indexes = {**self._indexes, name: self._open(name)}
+        return info, new
+
+    def delete(self, name: str, drop: Callable[[KbIndex], None]) -> None:
+        """Remove knowledge base `name` from the registry, then `drop(its index)` (its files and collections)."""
+        if name == DEFAULT_KB:
+            raise BadQuestion(f"默认知识库 {DEFAULT_KB} 不能删除（可以删除其中的文档）")
+        index = self[name]
+        self.registry.remove(name)
+        with self._lock:
+            self._infos = self.registry.all()
+            self._stamp = self.registry.stamp()
+            self._indexes = {n: ix for n, ix in self._indexes.items() if n != name}
+        drop(index)
+
+    def refresh_registry(self) -> bool:
+        """Open the knowledge bases the registry gained and close those it lost (another process's create or
+        delete); True if the names changed. A stat of the registry file while nothing changed."""
+        stamp = self.registry.stamp()
+        if stamp == self._stamp:
+            return False
+        with self._lock:
+            self._stamp = stamp
+            self._infos = self.registry.all()
+            kept = {n: ix for n, ix in self._indexes.items() if n in self._infos}
+            for name in self._infos:
+                if name not in kept:
+                    kept[name] = self._open(name)
+            changed = kept.keys() != self._indexes.keys()
+            self._indexes = kept
+        return changed
+
+    def refresh(self) -> bool:
+        """refresh_registry(), then reload each index whose generation moved; True if anything changed."""
+        changed = self.refresh_registry()
+        for index in list(self._indexes.values()):
+            changed = index.refresh() or changed
+        return changed
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a deleted knowledge base's folder (data_dir/kb/<name>), never the data dir itself."""
+    if path.name and path.parent.name == "kb" and path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
