@@ -765,7 +765,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
 
     def make_kb(index: KbIndex) -> KnowledgeBase:
         ingest = IngestPipeline(index.index_dir, index.store, embedder, LexicalIndex(tokenizer), splitter,
-                                settings.embedding.batch_size, index.sentences)
+                                sentences=index.sentences)
         uploads = UploadDir(kb_dir(data_dir, index.name) / "uploads", int(settings.staff.max_upload_mb * 1_000_000))
         return KnowledgeBase(index, ingest, uploads, settings.knowledge_base if index.name == DEFAULT_KB else None,
                              expander)

@@ -22,6 +22,10 @@ from ingest.splitter import ChineseSplitter
 
 Progress = Callable[[str, int, int], None]  # (phase "files" | "chunks", done, total)
 ATTEMPTS = 3  # with a Chroma server, another host may commit while we work: start over on its generation
+# Texts per embedder call: the embedder sorts a call's texts by length before batching them, so a large group wastes
+# little on padding (2.4x faster than calls of 32 on the library's chunks, 4x on sentences). Each group is stored as
+# soon as it is embedded, so memory is bounded by the group and a killed ingest loses at most one group's work.
+EMBED_GROUP = 512
 
 
 @dataclass
@@ -52,7 +56,6 @@ class IngestPipeline:
         embedder: Embedder,
         lexical: LexicalIndex,
         splitter: ChineseSplitter,
-        batch_size: int = 32,
         sentences: ChromaStore | None = None,
     ):
         self.index_dir = index_dir
@@ -60,7 +63,6 @@ class IngestPipeline:
         self.embedder = embedder
         self.lexical = lexical
         self.splitter = splitter
-        self.batch_size = batch_size
         self.sentences = sentences  # sentence vectors by content hash; None: no sentence-level ranking
 
     @property
@@ -250,8 +252,8 @@ class IngestPipeline:
         todo = [c for c in catalog.chunks.values() if c.id not in have]
         if progress and todo:
             progress("chunks", 0, len(todo))
-        for i in range(0, len(todo), self.batch_size):
-            batch = todo[i : i + self.batch_size]
+        for i in range(0, len(todo), EMBED_GROUP):
+            batch = todo[i : i + EMBED_GROUP]
             vectors = np.asarray(self.embedder.embed_passages([c.text for c in batch]), dtype=np.float32)
             self.store.upsert(batch, vectors)
             report.embedded += len(batch)
@@ -267,8 +269,8 @@ class IngestPipeline:
         missing = [(i, t) for i, t in todo.items() if i not in have]
         if progress and missing:
             progress("sentences", 0, len(missing))
-        for start in range(0, len(missing), self.batch_size):
-            batch = missing[start : start + self.batch_size]
+        for start in range(0, len(missing), EMBED_GROUP):
+            batch = missing[start : start + EMBED_GROUP]
             vectors = np.asarray(self.embedder.embed_passages([t for _, t in batch]), dtype=np.float32)
             self.sentences.upsert_texts([i for i, _ in batch], [t for _, t in batch], vectors)
             if progress:
