@@ -24,7 +24,7 @@ from assistant.index.catalog import DocRecord, IndexDir, SharedIndexDir
 from assistant.index.embedding import E5Embedder, Embedder, QueryCache, SentenceTransformerEmbedder
 from assistant.index.kb import DEFAULT_KB, KbIndex, Registry, Shelf, kb_dir, remove_tree
 from assistant.index.lexical import JiebaTokenizer, LexicalIndex
-from assistant.index.store import ChromaCatalog, ChromaStore
+from assistant.index.store import ChromaCatalog, ChromaDocument, ChromaStore
 from assistant.index.synonyms import QueryExpander, SynonymError
 from assistant.qa.compose import Answerer, ExtractiveAnswerer
 from assistant.qa.evidence import AnswerabilityModel
@@ -778,7 +778,9 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
             index.index_dir.remote.drop()
         remove_tree(kb_dir(data_dir, index.name))
 
-    shelf = Shelf(Registry(data_dir), open_index, settings.default_knowledge_bases)
+    # With a Chroma server the list of knowledge bases lives there too: every host serves the same ones.
+    registry = Registry(data_dir, ChromaDocument(host, port) if host else None)
+    shelf = Shelf(registry, open_index, settings.default_knowledge_bases)
     retriever = HybridRetriever(QueryCache(embedder), shelf, tokenizer, settings.retrieval, expander,
                                 settings.index_poll_seconds)
     terms = tokenizer.user_terms | expander.terms

@@ -160,3 +160,23 @@ def test_a_commit_that_finds_another_hosts_newer_generation_starts_over_on_it(tm
     assert _sources(b) == {ORG, CONFIRM}
     fresh = _services(tmp_path / "c", server, embedder)
     assert _sources(fresh) == {ORG, CONFIRM}
+
+
+def test_a_knowledge_base_created_on_one_host_is_served_by_another_host_of_the_chroma_server(
+        tmp_path, server, embedder, small_kb):
+    a = _services(tmp_path / "a", server, embedder, index_poll_seconds=0)
+    b = _services(tmp_path / "b", server, embedder, index_poll_seconds=0)
+    assert b.library.names() == ("community",)
+    notice = tmp_path / "notice"
+    (notice / "物业").mkdir(parents=True)
+    (notice / "物业" / "充电管理办法.md").write_text(NOTICE, encoding="utf-8")
+    a.library.create("xiaoqu", "幸福里小区")
+    assert not a.library.get("xiaoqu").ingest([notice]).failed
+
+    assert "xiaoqu" in b.library.names()  # the list lives on the server, not in a's data dir
+    answer = b.chat.ask(NOTICE_QUESTION, knowledge_bases=["xiaoqu"])
+    assert not answer.refused
+    assert {c.knowledge_base for c in answer.citations} == {"xiaoqu"}
+
+    a.library.delete("xiaoqu")
+    assert "xiaoqu" not in b.library.names()

@@ -30,7 +30,7 @@ from pathlib import Path
 from assistant.errors import BadQuestion, NotFound
 from assistant.index.catalog import Catalog, IndexDir
 from assistant.index.lexical import JiebaTokenizer, LexicalIndex
-from assistant.index.store import ChromaStore
+from assistant.index.store import ChromaDocument, ChromaStore
 
 log = logging.getLogger("xiaoyu")
 DEFAULT_KB = "community"
@@ -121,25 +121,38 @@ class KbIndex:
 
 
 class Registry:
-    """data_dir/knowledge_bases.json: the knowledge bases of a deployment, shared by every process on the data dir.
-    The default one is always there. Written atomically under a lock, so two processes creating at once both land."""
+    """The knowledge bases of a deployment: data_dir/knowledge_bases.json, shared by every process on the data dir,
+    or with a Chroma server (`remote`) a document there, shared by every host. The default one is always there.
+    Written atomically under a lock, so two processes of a data dir creating at once both land."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, remote: ChromaDocument | None = None):
         self.path = data_dir / "knowledge_bases.json"
         self._lock_path = data_dir / ".knowledge_bases.lock"
+        self.remote = remote
 
     def stamp(self) -> tuple | None:
-        """Changes whenever the file is rewritten: what a process polls to learn of another's create or delete."""
+        """Changes whenever the list is rewritten: what a process polls to learn of another's create or delete
+        (a stat of the file, or one small read from the Chroma server)."""
+        if self.remote is not None:
+            return (self.remote.version(),)
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return None
         return st.st_ino, st.st_mtime_ns, st.st_size
 
+    def _read(self) -> tuple[int, str | None]:
+        """(version, the list as JSON text; None when never written)."""
+        if self.remote is not None:
+            found = self.remote.read()
+            return found if found is not None else (0, None)
+        return 0, self.path.read_text(encoding="utf-8") if self.path.is_file() else None
+
     def all(self) -> dict[str, KbInfo]:
         entries = {}
-        if self.path.is_file():
-            for item in json.loads(self.path.read_text(encoding="utf-8")):
+        _, text = self._read()
+        if text is not None:
+            for item in json.loads(text):
                 entries[item["name"]] = KbInfo(item["name"], item.get("title", ""), item.get("created_at", ""))
         entries.setdefault(DEFAULT_KB, KbInfo(DEFAULT_KB, "社区政策"))
         return dict(sorted(entries.items(), key=lambda kv: (kv[0] != DEFAULT_KB, kv[0])))
@@ -171,6 +184,9 @@ class Registry:
     def _write(self, entries: dict[str, KbInfo]) -> None:
         body = json.dumps([{"name": i.name, "title": i.title, "created_at": i.created_at} for i in entries.values()],
                           ensure_ascii=False, indent=1)
+        if self.remote is not None:
+            self.remote.write(body, self._read()[0] + 1)
+            return
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".knowledge_bases.")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(body)

@@ -204,6 +204,34 @@ class ChromaCatalog:
                                     metadatas=metadatas[i : i + step], embeddings=[[1.0]] * n)
 
 
+class ChromaDocument:
+    """One JSON document on a Chroma server under a fixed id, with a version number in its metadata: the list of
+    knowledge bases (index/kb.py Registry), which every host of a deployment reads. A poll reads the metadata
+    only. Chroma has no conditional write, so two hosts writing in the same instant keep the later one's list."""
+
+    def __init__(self, host: str, port: int = 8000, name: str = "xiaoyu-knowledge-bases", key: str = "registry"):
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        self._client = chromadb.HttpClient(host=host, port=port,
+                                           settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
+        self._collection = self._client.get_or_create_collection(name, embedding_function=None)
+        self._key = key
+
+    def version(self) -> int | None:
+        res = self._collection.get(ids=[self._key], include=["metadatas"])
+        return int(res["metadatas"][0]["version"]) if res["ids"] else None
+
+    def read(self) -> tuple[int, str] | None:
+        res = self._collection.get(ids=[self._key], include=["documents", "metadatas"])
+        return (int(res["metadatas"][0]["version"]), res["documents"][0]) if res["ids"] else None
+
+    def write(self, text: str, version: int) -> None:
+        # Nobody searches it by similarity; Chroma stores nothing without an embedding (as in ChromaCatalog).
+        self._collection.upsert(ids=[self._key], documents=[text], metadatas=[{"version": version}],
+                                embeddings=[[1.0]])
+
+
 def chroma_cli() -> str | None:
     """The `chroma` command that ships with chromadb (on PATH, or beside this interpreter); None if missing."""
     beside = Path(sys.executable).with_name("chroma")
