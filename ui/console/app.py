@@ -13,6 +13,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from assistant.config import Settings
+from assistant.index.kb import DEFAULT_KB
 from assistant.services import Services
 from assistant.state.accounts import StaffAccounts
 from ingest.loaders import CATEGORIES, SUPPORTED
@@ -41,9 +42,18 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
     exports = Path(tempfile.gettempdir()) / "xiaoyu-exports"
     preview = lv.ThresholdPreview()  # the dev and test questions' scores, shared by the console's sessions
 
-    def docs_update():
+    def docs_update(kb: str | None = DEFAULT_KB):
         services = get_services()
-        return h.kb_summary(services), h.document_rows(services)
+        return h.kb_summary(services, kb or DEFAULT_KB), h.document_rows(services, kb or DEFAULT_KB)
+
+    def kb_pickers(picked: str | None = DEFAULT_KB, scope: list[str] | None = None):
+        """The knowledge-base table and both pickers after a create or delete: a vanished pick falls back to the
+        default knowledge base, a vanished scope entry is dropped."""
+        services = get_services()
+        choices = h.kb_choices(services)
+        names = [n for _, n in choices]
+        return (h.kb_rows(services), gr.Dropdown(choices=choices, value=picked if picked in names else DEFAULT_KB),
+                gr.Dropdown(choices=choices, value=[n for n in scope or () if n in names], multiselect=True))
 
     def run_dropdowns(selected: str | None = None):
         choices = h.run_choices(runs)
@@ -57,7 +67,10 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
         with gr.Tabs():
             # ---- knowledge base --------------------------------------------------------------------------------
             with gr.Tab("知识库", id="kb"):
-                kb_info = gr.Markdown()
+                with gr.Row():
+                    kb_pick = gr.Dropdown(label="知识库", choices=[DEFAULT_KB], value=DEFAULT_KB, scale=1,
+                                          info="下面的文档表、上传、删除和重新导入都作用于这个知识库")
+                    kb_info = gr.Markdown()
                 docs = gr.Dataframe(headers=h.DOC_HEADERS, interactive=False, wrap=True, max_height=380,
                                     column_widths=["18%", "20%", "6%", "14%", "9%", "6%", "11%", "16%"])
                 with gr.Row():
@@ -80,6 +93,25 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
                         upload_btn = gr.Button("上传并导入", variant="primary")
                         upload_status = gr.Markdown()
 
+            # ---- knowledge bases: list, create, delete ---------------------------------------------------------
+            with gr.Tab("知识库管理", id="kbs"):
+                gr.Markdown("每个知识库有自己的文档和索引。居民提问默认检索“默认检索范围”为“是”的知识库；"
+                            "网页小玉用 data-knowledge-bases、接口用 knowledge_bases 指定其他范围。")
+                kb_table = gr.Dataframe(headers=h.KB_HEADERS, interactive=False, wrap=True, max_height=300)
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        gr.Markdown("### 新建知识库")
+                        new_kb_name = gr.Textbox(label="名称", placeholder="字母、数字、- 和 _，如 laws")
+                        new_kb_title = gr.Textbox(label="标题", placeholder="如：法律法规")
+                        create_kb_btn = gr.Button("新建", variant="primary")
+                    with gr.Column(scale=1):
+                        gr.Markdown("### 删除知识库\n连同其中的文档、索引和上传的文件一起删除；默认知识库不能删除。")
+                        kb_selected = gr.Textbox(label="选中的知识库", interactive=False)
+                        with gr.Row():
+                            confirm_kb = gr.Checkbox(label="确认删除知识库", scale=1)
+                            delete_kb_btn = gr.Button("删除知识库", variant="stop", scale=1)
+                kbs_status = gr.Markdown()
+
             # ---- hit testing -----------------------------------------------------------------------------------
             with gr.Tab("命中测试", id="hits"):
                 gr.Markdown("输入居民会问的问题，看检索命中哪些条文、各路得分，以及小玉会作答还是拒答。"
@@ -88,6 +120,8 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
                     query = gr.Textbox(label="问题", placeholder="例如：业委会选出来以后要去哪里备案？", scale=4)
                     mode = gr.Radio(list(h.MODES), value="hybrid", label="检索模式", scale=2)
                     top_k = gr.Slider(1, 20, value=settings.retrieval.top_k, step=1, label="top_k", scale=1)
+                hit_scope = gr.Dropdown(label="知识库范围（不选 = 默认范围，与居民提问相同）", choices=[], value=[],
+                                        multiselect=True)
                 hit_btn = gr.Button("测试", variant="primary")
                 verdict = gr.HTML()
                 hit_table = gr.Dataframe(headers=h.HIT_HEADERS, interactive=False, wrap=True)
@@ -235,19 +269,37 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
         console.load(on_load_levers, outputs=[pins_table, pin_source, threshold_md, proposed, bundled_synonyms,
                                               override_synonyms])
 
-        def on_doc_select(evt: gr.SelectData):
+        def on_doc_select(kb, evt: gr.SelectData):
             source = evt.row_value[0] if evt.row_value else ""
-            return source, h.chunks_html(get_services(), source)
+            return source, h.chunks_html(get_services(), source, kb)
 
-        docs.select(on_doc_select, outputs=[selected, chunks])
-        upload_btn.click(lambda *a: h.upload_document(get_services(), *a), [upload, title, category, issuer, date],
-                         upload_status).then(docs_update, outputs=[kb_info, docs])
-        delete_btn.click(lambda s, c: h.delete_document(get_services(), s, c), [selected, confirm], kb_status).then(
-            lambda: (*docs_update(), "", "", False), outputs=[kb_info, docs, selected, chunks, confirm])
-        reingest_btn.click(lambda s: h.reingest(get_services(), s), selected, kb_status).then(
-            docs_update, outputs=[kb_info, docs])
+        docs.select(on_doc_select, inputs=kb_pick, outputs=[selected, chunks])
+        # Another knowledge base: its documents, and nothing selected of the previous one's.
+        kb_pick.change(lambda kb: (*docs_update(kb), "", "", False), kb_pick,
+                       [kb_info, docs, selected, chunks, confirm])
+        upload_btn.click(lambda *a: h.upload_document(get_services(), *a),
+                         [upload, title, category, issuer, date, kb_pick], upload_status).then(
+            docs_update, kb_pick, [kb_info, docs])
+        delete_btn.click(lambda s, c, kb: h.delete_document(get_services(), s, c, kb), [selected, confirm, kb_pick],
+                         kb_status).then(lambda kb: (*docs_update(kb), "", "", False), kb_pick,
+                                         [kb_info, docs, selected, chunks, confirm])
+        reingest_btn.click(lambda s, kb: h.reingest(get_services(), s, kb), [selected, kb_pick], kb_status).then(
+            docs_update, kb_pick, [kb_info, docs])
 
-        hit_inputs = [query, mode, top_k]
+        # Knowledge bases: the table and the pickers on the other tabs follow each create and delete.
+        console.load(kb_pickers, outputs=[kb_table, kb_pick, hit_scope])
+
+        def on_kb_select(evt: gr.SelectData):
+            return evt.row_value[0] if evt.row_value else ""
+
+        kb_table.select(on_kb_select, outputs=kb_selected)
+        create_kb_btn.click(lambda n, t: h.create_kb(get_services(), n, t), [new_kb_name, new_kb_title],
+                            kbs_status).then(kb_pickers, [kb_pick, hit_scope], [kb_table, kb_pick, hit_scope])
+        delete_kb_btn.click(lambda n, c: h.delete_kb(get_services(), n, c), [kb_selected, confirm_kb],
+                            kbs_status).then(lambda *a: (*kb_pickers(*a), "", False), [kb_pick, hit_scope],
+                                             [kb_table, kb_pick, hit_scope, kb_selected, confirm_kb])
+
+        hit_inputs = [query, mode, top_k, hit_scope]
         hit_btn.click(lambda *a: h.hit_test(get_services(), *a), hit_inputs, [verdict, hit_table, hit_cards])
         query.submit(lambda *a: h.hit_test(get_services(), *a), hit_inputs, [verdict, hit_table, hit_cards])
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from assistant.errors import NotFound, XiaoyuError
+from assistant.index.kb import DEFAULT_KB
 from assistant.services import Services
 from assistant.state.pins import STAFF_NOTE
 from assistant.state.questionlog import QuestionQuery
@@ -35,7 +36,8 @@ from ui.console.runs import (
 )
 
 DOC_HEADERS = ["文档", "标题", "分类", "发文机关", "日期", "片段数", "导入时间", "状态"]
-HIT_HEADERS = ["排名", "融合分", "词法分 BM25", "语义分 余弦", "词法名次", "语义名次", "文档", "条文"]
+HIT_HEADERS = ["排名", "融合分", "词法分 BM25", "语义分 余弦", "词法名次", "语义名次", "文档", "条文", "知识库"]
+KB_HEADERS = ["名称", "标题", "文档数", "片段数", "版本", "默认检索范围", "创建时间"]
 LOG_HEADERS = ["编号", "时间", "渠道", "问题", "拒答", "语义相似度", "检索判断", "引用", "评价", "意见"]
 LOG_VIEWS = ("全部", "已拒答", "低置信度")
 MODES = (("混合 hybrid（与对话相同）", "hybrid"), ("仅词法 bm25", "bm25"), ("仅语义 dense", "dense"))
@@ -53,10 +55,58 @@ def fail(text: str) -> str:
     return f"❌ {text}"
 
 
-# ---- knowledge base ---------------------------------------------------------------------------------------------
-def document_rows(services: Services) -> list[list]:
+# ---- knowledge bases (index/kb.py): list, create, delete ---------------------------------------------------------
+def kb_rows(services: Services) -> list[list]:
+    return [[k.name, k.title, k.documents, k.chunks, k.generation, "是" if k.default else "否",
+             _local_time(k.created_at)] for k in services.library.list()]
+
+
+def kb_choices(services: Services) -> list[tuple[str, str]]:
+    """(label, name) for the console's knowledge-base pickers, the default one first."""
+    titles = {k.name: k.title for k in services.library.list()}
+    return [(f"{n}（{titles[n]}）" if titles.get(n) else n, n) for n in services.library.names()]
+
+
+def create_kb(services: Services, name: str, title: str) -> str:
+    # Stripped: a name pasted with a trailing space is what staff meant, not a bad name.
+    name, title = (name or "").strip(), (title or "").strip()
+    if not name:
+        return fail("请填写知识库名称（字母、数字、- 和 _，如 laws）")
+    try:
+        info, new = services.library.create(name, title)
+    except XiaoyuError as exc:
+        return fail(exc.user_message)
+    if not new:
+        return ok(f"知识库 {name} 已存在" + (f"，标题已改为“{info.title}”" if title else "，未改动"))
+    # Outside the default scope, residents only reach it when a page or a client names it: say so now.
+    reach = ("它在默认检索范围内，居民提问时会一并检索" if info.default else
+             f"它不在默认检索范围内：嵌入代码加 data-knowledge-bases=\"{name}\"（或接口传 knowledge_bases）才会检索它")
+    return ok(f"已创建知识库 {name}。在“知识库”页上方选中它即可上传文件；{reach}。")
+
+
+def delete_kb(services: Services, name: str | None, confirmed: bool) -> str:
+    if not name:
+        return fail("请先在表格中点选要删除的知识库")
+    if not confirmed:
+        return fail("删除前请勾选“确认删除知识库”")
+    # Counted first: afterwards there is nothing left to count, and staff should see what went.
+    info = next((k for k in services.library.list() if k.name == name), None)
+    try:
+        services.library.delete(name)
+    except XiaoyuError as exc:  # NotFound (deleted meanwhile), BadQuestion (the default one)
+        return fail(exc.user_message)
+    gone = f"（{info.documents} 篇文档、{info.chunks} 个片段及其上传文件）" if info else ""
+    return ok(f"已删除知识库 {name}{gone}")
+
+
+# ---- documents of one knowledge base ----------------------------------------------------------------------------
+def document_rows(services: Services, kb: str = DEFAULT_KB) -> list[list]:
+    try:
+        docs = services.library.get(kb or DEFAULT_KB).documents()
+    except NotFound:  # deleted from another console or process: an empty table, kb_summary says why
+        return []
     return [[d.source, d.title, d.category, d.issuer, d.date, len(d.chunk_ids), _local_time(d.ingested_at),
-             doc_status(d.superseded_by)] for d in services.knowledge.documents()]
+             doc_status(d.superseded_by)] for d in docs]
 
 
 def doc_status(superseded_by: str) -> str:
@@ -64,56 +114,69 @@ def doc_status(superseded_by: str) -> str:
     return f"旧版本，已由 {superseded_by} 取代，不再检索" if superseded_by else "现行"
 
 
-def kb_summary(services: Services) -> str:
-    docs = services.knowledge.documents()
+def kb_summary(services: Services, kb: str = DEFAULT_KB) -> str:
+    kb = kb or DEFAULT_KB
+    try:
+        docs = services.library.get(kb).documents()
+    except NotFound as exc:
+        return fail(f"{exc.user_message}（可能刚被删除，请重新选择知识库）")
     old = sum(1 for d in docs if d.superseded_by)
     retired = f"（其中 {old} 篇是已被新版本取代的旧版本，不再检索）" if old else ""
-    return (f"知识库共 {len(docs)} 篇文档、{sum(len(d.chunk_ids) for d in docs)} 个片段{retired}。"
+    return (f"知识库 {kb} 共 {len(docs)} 篇文档、{sum(len(d.chunk_ids) for d in docs)} 个片段{retired}。"
             "点选一行查看它的片段。")
 
 
 def upload_document(services: Services, file_path: str | None, title: str, category: str, issuer: str,
-                    date: str) -> str:
+                    date: str, kb: str = DEFAULT_KB) -> str:
     if not file_path:
         return fail("请先选择要上传的文件（txt、md、html、docx、pdf）")
     path = Path(file_path)
+    kb = kb or DEFAULT_KB
     try:
-        services.knowledge.check_upload_size(path.stat().st_size)
-        source, rep = services.knowledge.add_document(path.name, path.read_bytes(), DocMeta(title, category or "", issuer, date))
+        knowledge = services.library.get(kb)
+        knowledge.check_upload_size(path.stat().st_size)
+        source, rep = knowledge.add_document(path.name, path.read_bytes(),
+                                             DocMeta(title, category or "", issuer, date))
     except XiaoyuError as exc:
         return fail(f"{path.name}：{exc.user_message}（知识库未改动）")
     if source in rep.unchanged:
-        return ok(f"{source} 与已导入的内容相同，无需更新")
+        return ok(f"{source} 与知识库 {kb} 中已导入的内容相同，无需更新")
     verb = "已更新" if source in rep.updated else "已导入"
-    return ok(f"{verb} {source}：{len(services.knowledge.chunks_of(source))} 个片段。可到“命中测试”里提问验证。")
+    # Hit testing searches the default scope unless told otherwise: name what to pick when the upload is outside it.
+    where = "" if kb in services.chat.scope() else f"（在“知识库范围”里选上 {kb}）"
+    return ok(f"{verb} {source} 到知识库 {kb}：{len(knowledge.chunks_of(source))} 个片段。"
+              f"可到“命中测试”里提问验证{where}。")
 
 
-def delete_document(services: Services, source: str, confirmed: bool) -> str:
+def delete_document(services: Services, source: str, confirmed: bool, kb: str = DEFAULT_KB) -> str:
     if not source:
         return fail("请先在表格中点选要删除的文档")
     if not confirmed:
         return fail("删除前请勾选“确认删除”")
     try:
-        rep = services.knowledge.delete_document(source)
+        rep = services.library.get(kb or DEFAULT_KB).delete_document(source)
     except NotFound as exc:
         return fail(exc.user_message)
     return ok(f"已删除 {source}（{rep.summary()}）")
 
 
-def reingest(services: Services, source: str) -> str:
-    """Re-read the folder a document came from (all folders when no document is selected)."""
+def reingest(services: Services, source: str, kb: str = DEFAULT_KB) -> str:
+    """Re-read the folder a document came from (all folders of the knowledge base when no document is selected)."""
     try:
-        rep = services.knowledge.reindex(source or None)
+        rep = services.library.get(kb or DEFAULT_KB).reindex(source or None)
     except NotFound as exc:
         return fail(exc.user_message)
     failed = "；".join(f"{s}：{why}" for s, why in rep.failed)
     return (fail if rep.failed else ok)(f"重新导入完成：{rep.summary()}" + (f"。失败：{failed}" if failed else ""))
 
 
-def chunks_html(services: Services, source: str) -> str:
+def chunks_html(services: Services, source: str, kb: str = DEFAULT_KB) -> str:
     if not source:
         return ""
-    chunks = services.knowledge.chunks_of(source)
+    try:
+        chunks = services.library.get(kb or DEFAULT_KB).chunks_of(source)
+    except NotFound as exc:
+        return f"<p>{escape(exc.user_message)}</p>"
     if not chunks:
         return f"<p>知识库中没有这个文档：{escape(source)}</p>"
     items = "".join(
@@ -135,10 +198,13 @@ def highlight(text: str, terms: list[str]) -> str:
     return pattern.sub(lambda m: f"<mark>{m.group(0)}</mark>", html)
 
 
-def hit_test(services: Services, query: str, mode: str, top_k: float) -> tuple[str, list[list], str]:
-    """(verdict, score table, highlighted hits) for one query, through ChatService.explain: the chat path itself."""
+def hit_test(services: Services, query: str, mode: str, top_k: float,
+             knowledge_bases: Sequence[str] | None = ()) -> tuple[str, list[list], str]:
+    """(verdict, score table, highlighted hits) for one query, through ChatService.explain: the chat path itself.
+    `knowledge_bases`: the scope to search; none chosen: the default scope, what a resident's question searches."""
     try:
-        found = services.chat.explain(query, (), int(top_k), mode)  # type: ignore[arg-type]
+        scope = services.chat.scope(list(knowledge_bases or ()))  # a deleted one: its 422 message, before any work
+        found = services.chat.explain(query, (), int(top_k), mode, knowledge_bases=scope)  # type: ignore[arg-type]
     except XiaoyuError as exc:
         return fail(exc.user_message), [], ""
     retrieval, answer = found.retrieval, found.answer
@@ -152,17 +218,19 @@ def hit_test(services: Services, query: str, mode: str, top_k: float) -> tuple[s
                    f"不用下面的检索结果；检索本身的判断：{escape(ev.reason)}</p>")
     else:
         verdict = f'<p class="verdict answer">✅ 小玉会<b>作答</b>：{escape(ev.reason)}</p>'
-    verdict += (f'<p class="muted">{figures} · 检索用的查询：{escape(retrieval.query)} · 模式 {escape(mode)}</p>'
+    verdict += (f'<p class="muted">{figures} · 检索用的查询：{escape(retrieval.query)} · 模式 {escape(mode)} · '
+                f'知识库范围 {escape("、".join(scope))}{"" if knowledge_bases else "（默认）"}</p>'
                 f'<details open><summary>回答预览</summary><pre class="chunk">{escape(answer.text)}</pre></details>')
     rows = [[n, round(h.score, 4), round(h.lexical, 3), round(h.dense, 3), h.lexical_rank or "—", h.dense_rank or "—",
-             h.chunk.source, h.chunk.section] for n, h in enumerate(retrieval.hits, 1)]
+             h.chunk.source, h.chunk.section, h.chunk.kb] for n, h in enumerate(retrieval.hits, 1)]
     terms = found.terms
     cards = []
     for n, h in enumerate(retrieval.hits, 1):
         matched = [t for t in dict.fromkeys(terms) if t.lower() in h.chunk.text.lower()]
         cards.append(
             f'<div class="hit"><p><b>{n}. {escape(h.chunk.title)}</b> {escape(h.chunk.section)} '
-            f'<span class="muted">{escape(h.chunk.source)} · 融合 {h.score:.4f} · BM25 {h.lexical:.2f} · '
+            f'<span class="muted">{escape(h.chunk.kb)}/{escape(h.chunk.source)} · 融合 {h.score:.4f} · '
+            f'BM25 {h.lexical:.2f} · '
             f'余弦 {h.dense:.3f}</span></p><p class="muted">命中词：{escape("、".join(matched)) or "（无）"}</p>'
             f'<pre class="chunk">{highlight(h.chunk.body, matched)}</pre></div>')
     return verdict, rows, '<div class="xy-report">' + "".join(cards) + "</div>" if cards else "<p>没有检索到任何片段。</p>"

@@ -1,5 +1,7 @@
 /* 小玉 Xiaoyu web widget. Add it to a page with one tag:
  *   <script src="https://host/widget.js" data-title="社区小助手" data-welcome="…"></script>
+ * data-knowledge-bases="laws,community" (optional, comma-separated): the knowledge bases this page's questions are
+ * searched in; without it the server's default scope (XIAOYU_DEFAULT_KNOWLEDGE_BASES).
  * Plain JS, no dependencies, nothing from a CDN. The API base is this script's own origin, so the widget works
  * when embedded on another site (that site must be on the server's XIAOYU_WEB_CORS_ORIGINS list).
  * Safety rule for this file: text from the server or the user only ever reaches the page through textContent /
@@ -20,7 +22,12 @@
     ["调解", "调解协议怎么申请司法确认？"],
     ["党建", "入党需要什么条件？"]
   ];
-  var STORE_KEY = "xiaoyu-widget:" + BASE;
+  // Empty: nothing is sent and the server searches its default scope. A name it does not know is a 422 whose
+  // message (naming the knowledge bases that exist) is shown as the answer, so a site's mistake is visible at once.
+  var SCOPE = (script.getAttribute("data-knowledge-bases") || "").split(",").map(function (n) { return n.trim(); })
+    .filter(function (n, i, all) { return n && all.indexOf(n) === i; });
+  // One conversation per scope: pages of one site scoped differently must not continue each other's session.
+  var STORE_KEY = "xiaoyu-widget:" + BASE + (SCOPE.length ? "|" + SCOPE.join(",") : "");
   var MAX_KEPT = 30; // messages kept in localStorage
   var MAX_CHARS = 1000;
 
@@ -91,11 +98,15 @@
   var cardQuote = el("blockquote", { class: "xy-card-quote" });
   var cardIssuer = el("dd");
   var cardDate = el("dd");
+  // Which knowledge base a citation came from: shown only when the page searches several (else it says nothing).
+  var cardKbLabel = el("dt", { text: "知识库", hidden: "" });
+  var cardKb = el("dd", { hidden: "" });
   var cardLink = el("a", { class: "xy-card-link", target: "_blank", rel: "noopener noreferrer", text: "查看原文" });
   var card = el("section", { class: "xy-card", role: "region", "aria-labelledby": "xy-card-title", hidden: "" }, [
     el("div", { class: "xy-card-head" }, [cardTitle, cardClose]),
     cardArticle, cardQuote,
-    el("dl", { class: "xy-card-meta" }, [el("dt", { text: "发布机关" }), cardIssuer, el("dt", { text: "发布日期" }), cardDate]),
+    el("dl", { class: "xy-card-meta" }, [el("dt", { text: "发布机关" }), cardIssuer, el("dt", { text: "发布日期" }), cardDate,
+      cardKbLabel, cardKb]),
     cardLink
   ]);
 
@@ -324,6 +335,11 @@
     cardQuote.textContent = c.quote;
     cardIssuer.textContent = c.issuer || "—";
     cardDate.textContent = c.date || "—";
+    var showKb = SCOPE.length > 1 && !!c.knowledge_base;
+    cardKb.textContent = showKb ? c.knowledge_base : "";
+    [cardKbLabel, cardKb].forEach(function (n) {
+      if (showKb) n.removeAttribute("hidden"); else n.setAttribute("hidden", "");
+    });
     if (c.chunk_id) {
       cardLink.href = BASE + "/sources/" + encodeURIComponent(c.chunk_id) + "#cited";
       cardLink.removeAttribute("hidden");
@@ -397,12 +413,14 @@
     setBusy(true);
     var finished = false;
 
+    var payload = { question: question, session_id: state.sessionId };
+    if (SCOPE.length) payload.knowledge_bases = SCOPE;
     fetch(BASE + "/api/chat/stream", {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ question: question, session_id: state.sessionId })
+      body: JSON.stringify(payload)
     }).then(function (res) {
-      if (!res.ok) {
+      if (!res.ok) { // 422 (a bad question, an unknown knowledge base), 429 …: the server's own words
         return res.json().catch(function () { return {}; }).then(function (body) {
           finished = true;
           fail(view, typeof body.detail === "string" ? body.detail : "请求失败（" + res.status + "），请稍后再试。");
