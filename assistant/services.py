@@ -235,14 +235,14 @@ class ChatService:
     def pins(self) -> list[Pin]:
         return self._pin_board().all()
 
-    def pin(self, kind: str, pattern: str, text: str, source: str, section: str, quote: str) -> Pin:
+    def pin(self, kind: str, pattern: str, text: str, source: str, section: str, quote: str,
+            knowledge_base: str = DEFAULT_KB) -> Pin:
         """Pin a staff answer to a question pattern, citing `section` of `source` with `quote`, which must occur in
         the document's text. Raises BadQuestion (422) for a bad pattern, an unknown document or section, a quote
         not in the document; nothing is stored then."""
-        holder = next((ix for ix in self._shelf.indexes(self._shelf.names())
-                       if (source or "").strip() in ix.catalog.docs), None)
-        if holder is None:
-            raise BadQuestion(f"知识库中没有这个文档：{(source or '')[:100]}")
+        holder = self._shelf.indexes(self._shelf.scope([knowledge_base or DEFAULT_KB]))[0]
+        if (source or "").strip() not in holder.catalog.docs:
+            raise BadQuestion(f"知识库 {holder.name} 中没有这个文档：{(source or '')[:100]}")
         catalog = holder.catalog
         doc = catalog.docs[(source or "").strip()]
         if doc.superseded_by:  # a superseded version is never cited (index/catalog.py supersede)
@@ -262,7 +262,8 @@ class ChatService:
         if squeeze(quote) not in squeeze(full):
             raise BadQuestion(f"引用的原文在《{doc.title}》中找不到：请从文档中原样复制")
         cited = next((c for c in named if squeeze(quote) in squeeze(c.body)), named[0])
-        return self._pin_board().add(kind, pattern, text, doc.source, doc.title, cited.section, quote, cited.id)
+        return self._pin_board().add(kind, pattern, text, doc.source, doc.title, cited.section, quote, cited.id,
+                                     holder.name)
 
     def unpin(self, pin_id: str) -> None:
         if not self._pin_board().remove((pin_id or "").strip()):

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+# The knowledge base that holds the bundled corpus and uploads when no other is named (index/kb.py).
+DEFAULT_KB = "community"
+
 
 class AnswerKind(StrEnum):
     """What a resident got: an answer from the sources, a refusal (not covered, or an injection), or small talk."""

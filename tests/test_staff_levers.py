@@ -63,6 +63,24 @@ def test_a_pinned_question_is_answered_with_the_pin_and_its_citation_and_another
     assert not other["answer"].startswith(PIN["text"]) and other["citations"]
 
 
+def test_a_pin_answers_only_questions_whose_scope_holds_its_knowledge_base(admin, kb_services):
+    kb_services.library.create("laws", "国家法律库")
+    r = admin.post("/admin/pins", headers=AUTH, json=PIN)
+    assert r.status_code == 201 and r.json()["knowledge_base"] == "community"
+
+    scoped = admin.post("/api/chat", json={"question": PINNED_QUESTION, "knowledge_bases": ["laws"]}).json()
+    assert not scoped["answer"].startswith(PIN["text"])  # the empty law library holds nothing: a refusal
+    both = admin.post("/api/chat", json={"question": PINNED_QUESTION,
+                                         "knowledge_bases": ["laws", "community"]}).json()
+    assert both["answer"].startswith(PIN["text"]) and both["citations"][0]["knowledge_base"] == "community"
+
+    # The document must be in the knowledge base the pin names.
+    r = admin.post("/admin/pins", headers=AUTH, json={**PIN, "knowledge_base": "laws"})
+    assert r.status_code == 422 and "laws" in r.json()["detail"]
+    r = admin.post("/admin/pins", headers=AUTH, json={**PIN, "knowledge_base": "nope"})
+    assert r.status_code == 422 and "community" in r.json()["detail"]
+
+
 def test_deleting_a_pin_restores_the_normal_answer(admin):
     normal = _chat(admin, PINNED_QUESTION)["answer"]
     pin_id = admin.post("/admin/pins", headers=AUTH, json=PIN).json()["id"]

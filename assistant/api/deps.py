@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
-from assistant.index.kb import DEFAULT_KB
 from assistant.services import ChatService, KnowledgeBase, KnowledgeBases, RequestDesk, Services, StaffViews
+from assistant.types import DEFAULT_KB
 
 
 def get_services(request: Request) -> Services:

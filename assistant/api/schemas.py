@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from assistant.state.pins import Pin
 from assistant.state.requests import HelpRequest
-from assistant.types import Answer, Citation, ScoredChunk, Turn
+from assistant.types import DEFAULT_KB, Answer, Citation, ScoredChunk, Turn
 
 
 class TurnIn(BaseModel):
@@ -197,6 +197,7 @@ class PinIn(BaseModel):
     source: str = Field(min_length=1, max_length=300, description='a document of the catalog, "物业/物业管理条例.md"')
     section: str = Field(min_length=1, max_length=100, description="its article, e.g. 第三十三条")
     quote: str = Field(min_length=1, max_length=300, description="words of the document, checked to occur in it")
+    knowledge_base: str = Field(DEFAULT_KB, max_length=64, description="the knowledge base holding the document")
 
 
 class PinOut(BaseModel):
@@ -209,8 +210,10 @@ class PinOut(BaseModel):
     section: str
     quote: str
     created_at: float
+    knowledge_base: str
 
     @classmethod
     def of(cls, p: Pin) -> PinOut:
         return cls(id=p.id, kind=p.kind, pattern=p.pattern, text=p.text, source=p.source, title=p.title,
-                   section=p.section, quote=p.quote, created_at=p.created_at)
+                   section=p.section, quote=p.quote, created_at=p.created_at,
+                   knowledge_base=p.knowledge_base or DEFAULT_KB)

@@ -31,9 +31,9 @@ from assistant.errors import BadQuestion, NotFound
 from assistant.index.catalog import Catalog, IndexDir
 from assistant.index.lexical import JiebaTokenizer, LexicalIndex
 from assistant.index.store import ChromaDocument, ChromaStore
+from assistant.types import DEFAULT_KB
 
 log = logging.getLogger("xiaoyu")
-DEFAULT_KB = "community"
 NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 

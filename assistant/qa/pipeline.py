@@ -32,7 +32,7 @@ _NO_EVIDENCE = (TurnKind.SMALLTALK, TurnKind.INJECTION)
 class PinnedAnswers(Protocol):
     """Staff-written answers for question patterns (assistant/state/pins.py PinBoard)."""
 
-    def answer_for(self, question: str) -> Answer | None: ...
+    def answer_for(self, question: str, scope: Sequence[str] | None = None) -> Answer | None: ...
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,13 @@ class QuestionPipeline:
         return Retrieval(plan.query, found.hits, judge(found, self.settings, self.answerability, plan),
                          found.sentences)
 
-    def pinned(self, plan: TurnPlan) -> Answer | None:
+    def pinned(self, plan: TurnPlan, scope: Sequence[str] | None = None) -> Answer | None:
         """A staff pin's answer for this turn: matched on the resident's own words, not on a condensed query (a
-        follow-up "那要多久？" must not inherit the pin its topic would match)."""
+        follow-up "那要多久？" must not inherit the pin its topic would match), and only a pin citing a knowledge base
+        of the scope (None: the default scope)."""
         if self.pins is None or plan.kind in _NO_EVIDENCE:
             return None
-        return self.pins.answer_for(plan.question)
+        return self.pins.answer_for(plan.question, self.retriever.scope(scope))
 
     def compose(self, plan: TurnPlan, retrieval: Retrieval | None, deadline: float | None = None
                 ) -> Iterator[StreamEvent]:
@@ -96,7 +97,7 @@ class QuestionPipeline:
                scope: Sequence[str] | None = None) -> tuple[TurnPlan, Retrieval | None, Iterator[StreamEvent]]:
         """The chat path: nothing is retrieved for a turn that needs no evidence (small talk, an injection)."""
         plan = self.plan(question, history, deadline)
-        pinned = self.pinned(plan)
+        pinned = self.pinned(plan, scope)
         if pinned is not None:
             # Nothing retrieved; the log's evidence says that a staff pin answered.
             evidence = Evidence(True, "；".join(pinned.notes))
@@ -109,7 +110,7 @@ class QuestionPipeline:
         """The hit test: the same plan and answer as chat, plus what retrieval found even where chat needs none."""
         plan = self.plan(question, history)
         retrieval = self.retrieve(plan, top_k, mode, scope)
-        pinned = self.pinned(plan)
+        pinned = self.pinned(plan, scope)
         events = answer_events(pinned) if pinned else self.compose(plan, None if plan.kind in _NO_EVIDENCE else retrieval)
         answer = next(e.answer for e in events if e.type is EventType.DONE)
         return Explanation(plan, retrieval, answer, tuple(self.retriever.tokenizer.tokens(plan.query)))

@@ -122,6 +122,10 @@ class HybridRetriever:
             threading.Thread(target=_watch, args=(weakref.ref(self), poll_seconds, self._stop),
                              name="index-watch", daemon=True).start()
 
+    def scope(self, names: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The knowledge bases a search of `names` covers (None: the default scope); UnknownKnowledgeBase."""
+        return self.shelf.scope(names)
+
     def refresh(self) -> bool:
         """What the watcher runs every poll_seconds: knowledge bases created or deleted elsewhere, new generations."""
         return self.shelf.refresh()
@@ -149,7 +153,7 @@ class HybridRetriever:
         UnknownKnowledgeBase for a name not on the shelf."""
         if not self.poll_seconds:
             self.refresh()
-        indexes = self.shelf.indexes(self.shelf.scope(scope))
+        indexes = self.shelf.indexes(self.scope(scope))
         snaps = [ix.snap for ix in indexes]  # each read once: a reload mid-search changes nothing
         s = self.settings
         top_k = top_k or s.top_k

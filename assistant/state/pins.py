@@ -18,12 +18,13 @@ import secrets
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 from assistant.errors import BadQuestion
-from assistant.types import Answer, AnswerKind, Citation, ComposeMode
+from assistant.types import DEFAULT_KB, Answer, AnswerKind, Citation, ComposeMode
 
 PatternKind = Literal["keywords", "regex"]
 MAX_PATTERN = 200
@@ -51,6 +52,9 @@ class Pin:
     quote: str  # checked to occur in the document's text when the pin was made
     chunk_id: str = ""
     created_at: float = 0.0
+    # The knowledge base of the cited document; "" for pins made before there were several (the default one). A pin
+    # answers only questions whose scope holds its knowledge base.
+    knowledge_base: str = ""
 
     def matches(self, question: str) -> bool:
         if self.kind == "keywords":
@@ -63,7 +67,8 @@ class Pin:
         leaf = self.section.rsplit(" > ", 1)[-1]
         text = (f"{self.text.rstrip()}【1】\n（以上为工作人员提供的答复）\n\n相关条文：\n"
                 f"【1】《{self.title}》{leaf}：{self.quote}")
-        citation = Citation(1, self.source, self.title, self.section, self.quote, self.chunk_id)
+        citation = Citation(1, self.source, self.title, self.section, self.quote, self.chunk_id,
+                            knowledge_base=self.knowledge_base)
         # Not ComposeMode.TEMPLATE: the log reads an answered template as small talk and leaves it out of the 高频诉求
         # report; a pinned question is a resident's question. The note tells staff a pin answered.
         return Answer(text, (citation,), AnswerKind.ANSWERED, query or self.text, ComposeMode.EXTRACTIVE,
@@ -163,16 +168,18 @@ class PinBoard:
     def all(self) -> list[Pin]:
         return list(self._fresh())
 
-    def match(self, question: str) -> Pin | None:
-        return next((p for p in self._fresh() if p.matches(question)), None)
+    def match(self, question: str, scope: Sequence[str] | None = None) -> Pin | None:
+        return next((p for p in self._fresh() if (scope is None or (p.knowledge_base or DEFAULT_KB) in scope)
+                     and p.matches(question)), None)
 
-    def answer_for(self, question: str) -> Answer | None:
-        """The pinned answer for a resident's (normalised) question, if a pin matches it."""
-        pin = self.match(question)
+    def answer_for(self, question: str, scope: Sequence[str] | None = None) -> Answer | None:
+        """The pinned answer for a resident's (normalised) question, if a pin of a knowledge base in `scope` (None:
+        any) matches it: a page scoped to the law library never gets a pin citing the community's rules."""
+        pin = self.match(question, scope)
         return pin.answer(question) if pin else None
 
     def add(self, kind: str, pattern: str, text: str, source: str, title: str, section: str, quote: str,
-            chunk_id: str = "") -> Pin:
+            chunk_id: str = "", knowledge_base: str = "") -> Pin:
         """Checks the pattern and the text; the citation is checked by the caller, which knows the documents."""
         pattern = check_pattern(kind, pattern)
         text = (text or "").strip()
@@ -181,7 +188,7 @@ class PinBoard:
         if len(text) > MAX_TEXT:
             raise BadQuestion(f"置顶答复太长了：最多 {MAX_TEXT} 字。")
         pin = Pin(secrets.token_hex(6), kind, pattern, text, source, title, section, quote, chunk_id,  # type: ignore[arg-type]
-                  time.time())
+                  time.time(), knowledge_base)
         with self._lock:
             pins = self._store.load()
             if len(pins) >= MAX_PINS:

@@ -233,7 +233,8 @@ def pins(chat: ChatDep) -> list[PinOut]:
 def add_pin(chat: ChatDep, body: PinIn) -> PinOut:
     """422 for a pattern that can't be used (bad regex, too long) and for a citation the knowledge base doesn't
     hold: an unknown document or section, or a quote that is not in the document's text."""
-    return PinOut.of(chat.pin(body.kind, body.pattern, body.text, body.source, body.section, body.quote))
+    return PinOut.of(chat.pin(body.kind, body.pattern, body.text, body.source, body.section, body.quote,
+                               body.knowledge_base))
 
 
 @router.delete("/pins/{pin_id}", status_code=204)
