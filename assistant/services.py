@@ -127,7 +127,9 @@ class ChatService:
         naming the known ones, before any work is done); none named: WeChat's configured scope on WeChat, else the
         default scope (XIAOYU_DEFAULT_KNOWLEDGE_BASES; all of them when unset)."""
         if not knowledge_bases and channel is Channel.WECHAT:
-            knowledge_bases = self._settings.wechat.knowledge_bases
+            # As in the default scope, names that do not exist (yet) are left out: a resident never gets a 422.
+            served = self.knowledge_base_names()
+            knowledge_bases = [n for n in self._settings.wechat.knowledge_bases if n in served]
         return self._shelf.scope(knowledge_bases or None)
 
     def check_question(self, question: str) -> str:
@@ -772,12 +774,14 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
                              expander)
 
     def drop_kb(index: KbIndex) -> None:
+        # The folder first: a collection that fails to drop leaves orphan vectors (a later create of the name
+        # re-embeds into an emptied index's collection, collecting them), never an index that a create would reuse.
+        remove_tree(kb_dir(data_dir, index.name))
         for collection in (index.store, index.sentences):
             if collection is not None:
                 collection.drop()
         if isinstance(index.index_dir, SharedIndexDir):
             index.index_dir.remote.drop()
-        remove_tree(kb_dir(data_dir, index.name))
 
     # With a Chroma server the list of knowledge bases lives there too: every host serves the same ones.
     registry = Registry(data_dir, ChromaDocument(host, port) if host else None)

@@ -17,7 +17,7 @@ from assistant.errors import LoadError  # re-exported: the pipeline and uploads 
 from assistant.types import SourceDoc
 
 SUPPORTED = (".txt", ".md", ".html", ".htm", ".docx", ".pdf")
-CATEGORIES = ("党建", "物业", "调解")
+CATEGORIES = ("党建", "物业", "调解", "法律法规")  # 法律法规: the national library's class (LIBRARY.md)
 MB = 1024 * 1024
 
 

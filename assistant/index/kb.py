@@ -161,6 +161,9 @@ class Registry:
         """(the entry, whether it is new); an existing name keeps its entry (a title given then replaces its own)."""
         with self._locked():
             entries = self.all()
+            clash = next((n for n in entries if n != name and n.lower() == name.lower()), None)
+            if clash is not None:  # Chroma's collection names (index/store.py) and some file systems fold case
+                raise BadQuestion(f"已有知识库 {clash}：知识库名称不区分大小写，请换一个名称")
             old = entries.get(name)
             info = KbInfo(name, title or (old.title if old else ""),
                           old.created_at if old else datetime.now(UTC).isoformat(timespec="seconds"))
@@ -249,8 +252,9 @@ class Shelf:
         with self._lock:
             self._infos = self.registry.all()
             self._stamp = self.registry.stamp()
-            if name not in self._indexes:
-                self._indexes = {**self._indexes, name: self._open(name)}
+            opened = self._indexes.get(name) or self._open(name)
+            # The registry's order (the default first, then by name), as a process that starts now lists them.
+            self._indexes = {n: self._indexes.get(n) or opened for n in self._infos if n in self._indexes or n == name}
         return info, new
 
     def delete(self, name: str, drop: Callable[[KbIndex], None]) -> None:
@@ -274,10 +278,7 @@ class Shelf:
         with self._lock:
             self._stamp = stamp
             self._infos = self.registry.all()
-            kept = {n: ix for n, ix in self._indexes.items() if n in self._infos}
-            for name in self._infos:
-                if name not in kept:
-                    kept[name] = self._open(name)
+            kept = {n: self._indexes.get(n) or self._open(n) for n in self._infos}  # in the registry's order
             changed = kept.keys() != self._indexes.keys()
             self._indexes = kept
         return changed
