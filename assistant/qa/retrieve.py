@@ -108,14 +108,13 @@ class HybridRetriever:
     0: ask before every search (tests). The question costs a stat per knowledge base, never the query."""
 
     def __init__(self, embedder: Embedder, shelf: Shelf, tokenizer: JiebaTokenizer, settings: RetrievalSettings,
-                 expander: QueryExpander, poll_seconds: float = 0.0, use_sentences: bool = True):
+                 expander: QueryExpander, poll_seconds: float = 0.0):
         self.expander = expander
         self.embedder = embedder
         self.shelf = shelf
         self.tokenizer = tokenizer
         self.settings = settings
         self.poll_seconds = poll_seconds
-        self.use_sentences = use_sentences  # False: rank by fused chunk scores only, without sentence vectors
         self._stop = threading.Event()
         if poll_seconds > 0:
             # The thread holds the retriever weakly: services dropped (a test's, a rebuilt app's) stop their watcher.
@@ -207,8 +206,9 @@ class HybridRetriever:
 
     def _sentence_scores(self, vector: np.ndarray | None, pool: Sequence[ScoredChunk],
                          indexes: dict[str, KbIndex]) -> SentenceScores:
-        """Cosine of the query to each sentence of the pool's chunks, from each knowledge base's sentence vectors."""
-        if not self.use_sentences or vector is None or not pool:
+        """Cosine of the query to each sentence of the pool's chunks, from each knowledge base's sentence vectors
+        (a knowledge base without them ranks by fused chunk scores only)."""
+        if vector is None or not pool:
             return {}
         per_chunk = {h.chunk.id: provision_sentences(h.chunk.body) for h in pool}
         stored: dict[str, np.ndarray] = {}
