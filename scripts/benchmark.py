@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import json
 import os
@@ -454,12 +455,15 @@ def two_wordings(asked: list[str]) -> tuple[list[str], list[str]]:
     return a, b
 
 
-def compare_scopes(server: Serve, texts: tuple[list[str], list[str]], scopes: tuple[list[str], list[str]]) -> list:
-    """Both scopes question by question, in alternating order, so that a load change on the machine falls on both."""
-    times: tuple[list[float], list[float]] = ([], [])
-    for i, pair in enumerate(zip(*texts)):
-        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
-            times[j].append(server.retrieve(pair[j], scopes[j]))
+def interleaved(runs: list[tuple[Serve, list[str], list[str]]]) -> list[dict]:
+    """Each (server, texts, scope) question by question, the order rotating, so that a change of load on the machine
+    (it may be shared) falls on all of them alike."""
+    times: list[list[float]] = [[] for _ in runs]
+    for i in range(len(runs[0][1])):
+        for k in range(len(runs)):
+            j = (i + k) % len(runs)
+            server, texts, scope = runs[j]
+            times[j].append(server.retrieve(texts[i], scope))
     return [summary(t) for t in times]
 
 
@@ -547,26 +551,32 @@ def library_benchmark(args) -> dict:
         out["one_file_add"] = cli(["ingest", "--kb", "laws", str(added), "--data-dir", str(data)], logs,
                                   "one-file add")
 
-        # 4 + 5. server start, RSS, /api/retrieve: the library server, then a demo-only server
+        # 4 + 5. server start and RSS: the library server, then a demo-only server (started one after the other);
+        # /api/retrieve on both, question by question
         scopes = (["community"], ["community", "laws"])
         texts = two_wordings(asked)
-        with Serve(data, logs, "library server") as server:
-            rss = server.warm_up(list(scopes))
-            only, both = compare_scopes(server, texts, scopes)
-            out["server_library"] = {"start_s": server.start_s, "healthz": server.health, "rss_after_warmup_mib": rss,
-                                     "rss_after_queries_mib": server.rss_mib(), "rss_peak_mib": server.rss_mib("VmHWM"),
+        with contextlib.ExitStack() as stack:
+            lib = stack.enter_context(Serve(data, logs, "library server"))
+            lib_rss = lib.warm_up(list(scopes))
+            demo_server = stack.enter_context(Serve(demo, logs, "demo-only server"))
+            demo_rss = demo_server.warm_up([scopes[0]])
+            note(f"/api/retrieve, {len(asked)} questions: scope community and community+laws on the library server, "
+                 "community on the demo-only one")
+            only, both, ref = interleaved([(lib, texts[0], scopes[0]), (lib, texts[1], scopes[1]),
+                                           (demo_server, texts[0], scopes[0])])
+            out["server_library"] = {"start_s": lib.start_s, "healthz": lib.health, "rss_after_warmup_mib": lib_rss,
+                                     "rss_after_queries_mib": lib.rss_mib(), "rss_peak_mib": lib.rss_mib("VmHWM"),
                                      "retrieve_community": only, "retrieve_community_laws": both}
-        with Serve(demo, logs, "demo-only server") as server:
-            rss = server.warm_up([scopes[0]])
-            out["server_demo"] = {"start_s": server.start_s, "healthz": server.health, "rss_after_warmup_mib": rss,
-                                  "rss_peak_mib": server.rss_mib("VmHWM"),
-                                  "retrieve_community": server.timed(texts[0], scopes[0])}
+            out["server_demo"] = {"start_s": demo_server.start_s, "healthz": demo_server.health,
+                                  "rss_after_warmup_mib": demo_rss, "rss_peak_mib": demo_server.rss_mib("VmHWM"),
+                                  "retrieve_community": ref}
         note(f"retrieve p50: demo-only {out['server_demo']['retrieve_community']['p50_ms']} ms, library server "
              f"community {only['p50_ms']} ms, community+laws {both['p50_ms']} ms")
 
-        # 6. scope width: the 1/10 sample in 11 knowledge bases vs in 2, the scope all of them
-        widths = {}
-        for label, names in (("11", [f"lib{i:02d}" for i in range(1, 12)]), ("2", ["lib-a", "lib-b"])):
+        # 6. scope width: the 1/10 sample in 11 knowledge bases vs in 2, the scope all of them; both servers asked
+        # question by question
+        layouts = {"11": [f"lib{i:02d}" for i in range(1, 12)], "2": ["lib-a", "lib-b"]}
+        for label, names in layouts.items():
             dealt = library_sample.round_robin(tenth, names)
             wide = work / f"data-kb{label}"
             shutil.copytree(demo, wide)
@@ -583,11 +593,17 @@ def library_benchmark(args) -> dict:
             if proc.returncode != 0:
                 raise RuntimeError(f"ingest into {label} knowledge bases failed:\n{_tail(logs / f'kb{label}.log')}")
             note(f"  {label} knowledge bases ingested in {time.perf_counter() - started:.1f} s")
-            with Serve(wide, logs, f"{label}-kb server") as server:
-                server.warm_up([names])
+        widths = {}
+        with contextlib.ExitStack() as stack:
+            servers = {label: stack.enter_context(Serve(work / f"data-kb{label}", logs, f"{label}-kb server"))
+                       for label in layouts}
+            for label, server in servers.items():
                 widths[label] = {"start_s": server.start_s, "healthz": server.health,
-                                 "rss_after_warmup_mib": server.rss_mib(), "retrieve": server.timed(asked, names)}
-            note(f"  scope of {label} knowledge bases: p50 {widths[label]['retrieve']['p50_ms']} ms")
+                                 "rss_after_warmup_mib": server.warm_up([layouts[label]])}
+            timed = interleaved([(servers[label], asked, layouts[label]) for label in layouts])
+            for label, figures in zip(layouts, timed):
+                widths[label]["retrieve"] = figures
+                note(f"  scope of {label} knowledge bases: p50 {figures['p50_ms']} ms")
         out["scope_width"] = widths | {"ratio_p50_11_vs_2": round(widths["11"]["retrieve"]["p50_ms"]
                                                                   / widths["2"]["retrieve"]["p50_ms"], 2)}
 
