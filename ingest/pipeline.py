@@ -23,12 +23,9 @@ from ingest.splitter import ChineseSplitter
 Progress = Callable[[str, int, int], None]  # (phase "files" | "chunks", done, total)
 ATTEMPTS = 3  # with a Chroma server, another host may commit while we work: start over on its generation
 # Texts per embedder call, each group stored as soon as it is embedded: memory is bounded by the group, and a killed
-# ingest loses at most one group's work. Larger groups are faster (the embedder sorts a call's texts by length, so
-# 512 wasted 2.4x less on padding on the library's chunks, 4x on sentences), but the int8 passage model quantizes
-# activations with one scale per batch, so a passage's vector depends on its neighbours: groups of 512 moved answers
-# (调解协议怎么申请司法确认？ lost its 第三条) and eval figures by about -0.01. Kept at 32, the vectors of before,
-# until passages are quantized per row (docs/knowledge-bases.md).
-EMBED_GROUP = 32
+# ingest loses at most one group's work. A passage's vector depends on its text alone (OnnxE5Embedder runs one text
+# per run), so the group size changes only how often the store is written, never a vector.
+EMBED_GROUP = 256
 
 
 @dataclass

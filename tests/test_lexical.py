@@ -183,6 +183,34 @@ def test_an_empty_index_in_the_scope_changes_nothing(index, tokenizer, questions
     assert search_together([empty], ["业主"], 5) == []
 
 
+def test_masked_rows_bring_their_own_best_n_beside_the_overall_best_n(tokenizer, chunks, questions):
+    """`also` (the domain's chunks among a law library's): the result is the overall best n plus the best n of the
+    masked rows, each with its own score, best first; without a mask nothing changes."""
+    rng = random.Random(11)
+    buckets: list[list[Chunk]] = [[], []]
+    for c in chunks:
+        buckets[rng.randrange(2)].append(c)
+    parts = [_index(tokenizer, b) for b in buckets]
+    masks = [np.array([rng.random() < 0.2 for _ in part.ids]) for part in parts]  # a small minority, as in a county
+    masked_ids = {cid for part, mask in zip(parts, masks) for cid, m in zip(part.ids, mask) if m}
+    grew = 0
+    for question in questions:
+        tokens = tokenizer.tokens(question)
+        every = search_together(parts, tokens, len(chunks))
+        scores = {cid: s for _, cid, s in every}
+        best = {cid for _, cid, _ in every[:8]}
+        best_masked = {cid for _, cid, _ in [h for h in every if h[1] in masked_ids][:8]}
+        got = search_together(parts, tokens, 8, also=masks)
+        ids = [cid for _, cid, _ in got]
+        # Ties at the 8th place may pick either of the tied: compare scores, not only ids.
+        assert sorted(scores[c] for c in ids) == pytest.approx(sorted(scores[c] for c in best | best_masked))
+        assert len(ids) == len(set(ids)) == len(best | best_masked), question
+        assert [s for _, _, s in got] == sorted((s for _, _, s in got), reverse=True)
+        assert all(scores[cid] == s for _, cid, s in got)
+        grew += len(ids) > 8
+    assert grew > len(questions) // 4  # the masked rows really reach past the overall best 8 for many questions
+
+
 # A small vocabulary of words jieba keeps whole, so that generated texts have repeated words and real ties.
 WORDS = ["业主", "物业", "维修", "资金", "调解", "委员会", "停车", "费用", "党员", "社区", "居民", "纠纷", "合同", "楼道"]
 DOCS = st.lists(st.lists(st.sampled_from(WORDS), min_size=1, max_size=12).map("，".join), min_size=1, max_size=25)

@@ -23,9 +23,11 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+
+import numpy as np
 
 from assistant.errors import BadQuestion, NotFound
 from assistant.index.catalog import Catalog, IndexDir
@@ -73,6 +75,25 @@ class Snapshot:
     catalog: Catalog
     lexical: LexicalIndex
     retired: frozenset[str]  # chunks of superseded versions (catalog.py supersede): in the store, never returned
+    _domain: dict = field(default_factory=dict, compare=False, repr=False)  # categories → domain_rows(), per generation
+
+    def domain_rows(self, categories: Sequence[str]) -> np.ndarray:
+        """Which BM25 rows are chunks of the given (domain) categories, as a bool mask. Computed once per generation
+        and set of categories, never per query."""
+        return self._domain_of(categories)[0]
+
+    def holds(self, categories: Sequence[str]) -> tuple[bool, bool]:
+        """(any chunk of these categories, any chunk of another), for the live chunks."""
+        return self._domain_of(categories)[1:]
+
+    def _domain_of(self, categories: Sequence[str]) -> tuple[np.ndarray, bool, bool]:
+        key = tuple(sorted(categories))
+        if key not in self._domain:
+            chunks, wanted = self.catalog.chunks, set(key)
+            mask = np.fromiter((chunks[cid].category in wanted for cid in self.lexical.ids), dtype=bool,
+                               count=self.lexical.n)
+            self._domain[key] = (mask, bool(mask.any()), not bool(mask.all()))
+        return self._domain[key]
 
 
 class KbIndex:

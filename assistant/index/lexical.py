@@ -176,11 +176,14 @@ _NO_ROWS = np.zeros(0, dtype=np.int32)
 _NO_COUNTS = np.zeros(0, dtype=np.float32)
 
 
-def search_together(indexes: Sequence[LexicalIndex], tokens: Sequence[str], n: int
-                    ) -> list[tuple[int, str, float]]:
+def search_together(indexes: Sequence[LexicalIndex], tokens: Sequence[str], n: int,
+                    also: Sequence[np.ndarray] | None = None) -> list[tuple[int, str, float]]:
     """BM25 of `tokens` over the union of `indexes`: (position of the index, chunk id, score), best first, at most n.
     Statistics are the union's, so the scores are those of one index holding every chunk; a repeated query token
-    counts again, as in bm25s. The work is the query terms' postings: nothing is done per chunk of the corpus."""
+    counts again, as in bm25s. The work is the query terms' postings: nothing is done per chunk of the corpus.
+
+    `also`: one bool mask over each index's rows; the best n of the masked rows come back too, however far behind
+    the overall best n they rank (the domain's chunks among a law library's, qa/retrieve.py)."""
     total = sum(ix.n for ix in indexes)
     if not total or not tokens or n <= 0:
         return []
@@ -198,10 +201,11 @@ def search_together(indexes: Sequence[LexicalIndex], tokens: Sequence[str], n: i
                 norm = K1 * ((1 - B) + B * indexes[k].lengths[r] / avgdl)
                 rows[k].append(r)
                 scores[k].append(idf * tf / (norm + tf))
-    where, ids_at, summed = [], [], []
+    where, ids_at, summed, present = [], [], [], []
     for k, parts in enumerate(rows):
         if not parts:
             continue
+        present.append(k)
         unique, inverse = np.unique(np.concatenate(parts), return_inverse=True)
         where.append(np.full(len(unique), k, dtype=np.int32))
         ids_at.append(unique)
@@ -210,8 +214,16 @@ def search_together(indexes: Sequence[LexicalIndex], tokens: Sequence[str], n: i
         return []
     where_all, rows_all, scores_all = np.concatenate(where), np.concatenate(ids_at), np.concatenate(summed)
     if len(scores_all) > n:
-        keep = np.argpartition(-scores_all, n - 1)[:n]
+        keep = _best(scores_all, n)
+        if also is not None:
+            masked = np.flatnonzero(np.concatenate([also[k][r] for k, r in zip(present, ids_at)]))
+            keep = np.union1d(keep, masked[_best(scores_all[masked], n)])
         where_all, rows_all, scores_all = where_all[keep], rows_all[keep], scores_all[keep]
     order = np.lexsort((rows_all, where_all, -scores_all))  # best first; ties in index order, then row order
     return [(int(where_all[i]), indexes[where_all[i]].ids[rows_all[i]], float(scores_all[i]))
             for i in order if scores_all[i] > 0]
+
+
+def _best(scores: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the n highest scores (all of them when there are fewer), in no particular order."""
+    return np.argpartition(-scores, n - 1)[:n] if len(scores) > n else np.arange(len(scores))

@@ -115,10 +115,12 @@ class ChromaStore:
         for i in range(0, len(ids), _BATCH):
             self._collection.delete(ids=ids[i : i + _BATCH])
 
-    def query(self, vector: np.ndarray, n: int) -> list[tuple[str, float]]:
+    def query(self, vector: np.ndarray, n: int, categories: Sequence[str] = ()) -> list[tuple[str, float]]:
         """(chunk id, cosine similarity), best first. Chroma returns fewer when it holds fewer (none when empty), so
-        no count() is needed on the query path."""
-        res = self._collection.query(query_embeddings=[vector], n_results=max(1, n), include=["distances"])
+        no count() is needed on the query path. `categories`: only chunks of these."""
+        where = {"category": {"$in": list(categories)}} if categories else None
+        res = self._collection.query(query_embeddings=[vector], n_results=max(1, n), where=where,
+                                     include=["distances"])
         ids, distances = (res["ids"] or [[]])[0], (res["distances"] or [[]])[0]
         return [(cid, 1.0 - float(dist)) for cid, dist in zip(ids, distances)]
 

@@ -62,6 +62,18 @@ def fuse(chunks: dict[str, Chunk], lexical: Ranked, dense: Ranked, rrf_k: int, l
     return out
 
 
+def prefer_domain(fused: list[ScoredChunk], domain: Sequence[str], reference_weight: float) -> list[ScoredChunk]:
+    """Scale the fused score of chunks outside the domain categories (RetrievalSettings.domain_categories): among
+    a thousand national laws, one on building quality or criminal procedure often words a sentence much like the
+    community's own rule does, and the resident asked about the community's."""
+    if reference_weight >= 1.0 or not domain:
+        return fused
+    wanted = set(domain)
+    out = [h if h.chunk.category in wanted else replace(h, score=h.score * reference_weight) for h in fused]
+    out.sort(key=lambda h: (-h.score, -h.dense))
+    return out
+
+
 def rerank(pool: list[ScoredChunk], sentences: SentenceScores, intent: str, sentence_weight: float,
            intent_weight: float) -> list[ScoredChunk]:
     """Provisions, not only documents: within the pool, an article with one sentence very close to the question
@@ -159,11 +171,17 @@ class HybridRetriever:
         n = max(s.candidates, top_k)
         expanded = self.expander.expand(query)
         chunks: dict[str, Chunk] = {}  # the hits' chunks: fuse() looks up only these
+        # Domain chunks beside reference ones (prefer_domain): each retriever also brings the best n domain chunks,
+        # which among a thousand laws can rank far behind the overall best n and would never reach the fusion.
+        domain = s.domain_categories if s.reference_weight < 1.0 else ()
+        holds = [snap.holds(domain) for snap in snaps] if domain else []
+        tiered = any(d for d, _ in holds) and any(r for _, r in holds)
         lexical: Ranked = ()
         if mode != "dense":
             tokens = self.tokenizer.tokens(expanded if s.expand_lexical else query)
             found = []
-            for k, cid, score in search_together([snap.lexical for snap in snaps], tokens, n):
+            also = [snap.domain_rows(domain) for snap in snaps] if tiered else None
+            for k, cid, score in search_together([snap.lexical for snap in snaps], tokens, n, also):
                 # BM25 is built without retired chunks (pipeline._commit, SharedIndexDir.sync); this only double-checks.
                 if cid not in snaps[k].retired and cid not in chunks:
                     chunks[cid] = snaps[k].catalog.chunks[cid]
@@ -174,26 +192,35 @@ class HybridRetriever:
         if mode != "bm25" and any(snap.catalog.chunks for snap in snaps):
             vector = self.embedder.embed_query(expanded if s.expand_dense else query)
             merged: list[tuple[float, str, Chunk]] = []
-            for ix, snap in zip(indexes, snaps):
+            for k, (ix, snap) in enumerate(zip(indexes, snaps)):
                 if not snap.catalog.chunks:
                     continue
                 # Over-fetch: the store may hold vectors of chunks that are no longer live (see catalog.py), and
                 # holds those of superseded versions, which sit right beside their successors' (capped: a few old
                 # versions is the usual case; past the cap fewer dense hits may come back, never a retired one).
-                raw = ix.store.query(vector, n + 10 + min(len(snap.retired), RETIRED_OVERFETCH))
+                fetch = n + 10 + min(len(snap.retired), RETIRED_OVERFETCH)
+                raw = ix.store.query(vector, fetch)
+                if tiered and all(holds[k]):  # a knowledge base mixing both: its domain chunks asked for apart
+                    raw += ix.store.query(vector, fetch, categories=domain)
                 merged += [(sc, cid, snap.catalog.chunks[cid]) for cid, sc in raw
                            if cid in snap.catalog.chunks and cid not in snap.retired]
             merged.sort(key=lambda t: -t[0])  # stable: equal cosines keep the scope's order
             picked: dict[str, float] = {}
+            in_domain = 0
+            wanted = set(domain)
             for sc, cid, chunk in merged:  # the same passage in two knowledge bases is one hit (types.Chunk.kb)
-                if len(picked) == n:
-                    break
-                if cid not in picked:
-                    picked[cid] = sc
-                    chunks.setdefault(cid, chunk)
+                if cid in picked:
+                    continue
+                ours = chunk.category in wanted
+                if len(picked) >= n and not (tiered and ours and in_domain < n):
+                    continue  # past the best n, only the domain's best n still come in
+                picked[cid] = sc
+                in_domain += ours
+                chunks.setdefault(cid, chunk)
             dense = tuple(picked.items())
         fused = fuse(chunks, lexical, dense, s.rrf_k,
                      s.lexical_weight if mode != "dense" else 0.0, s.dense_weight if mode != "bm25" else 0.0)
+        fused = prefer_domain(fused, s.domain_categories, s.reference_weight)
         ranked = diversify(fused, s.max_per_source)
         pool = ranked[: max(top_k, s.rerank_pool)]
         sentences = self._sentence_scores(vector, pool, {ix.name: ix for ix in indexes})

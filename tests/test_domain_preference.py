@@ -1,0 +1,110 @@
+"""Domain documents before reference ones (RetrievalSettings.domain_categories, reference_weight; qa/retrieve.py
+prefer_domain): the demo corpus and five national laws that word much of the same (building quality, lifts, court
+mediation), all in ONE knowledge base, as a county would load them. Real jieba, real Chroma, the real onnx embedder.
+
+- a question the community's rules answer is answered from them, where without the preference a law on building
+  quality comes first;
+- a question only a reference law answers is still answered from that law;
+- a knowledge base of domain documents only asks Chroma once per question, a mixed one twice (its domain chunks
+  apart), so that the preference costs nothing where there is nothing to prefer."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from assistant.config import RetrievalSettings, Settings
+from assistant.index.store import ChromaStore
+from assistant.qa.retrieve import prefer_domain
+from assistant.services import build_services
+from assistant.types import Chunk, ScoredChunk
+from tests.library_sample import require_library, write_sample
+
+DISTRACTORS = (
+    "司法解释/最高人民法院关于人民法院民事调解工作若干问题的规定(2020-12-29).md",
+    "司法解释/最高人民法院关于人民法院特邀调解的规定(2016-06-28).md",
+    "社会法/特种设备安全法(2013-06-29).md",
+    "经济法/建筑法(2019-04-23).md",
+    "行政法规/建设工程质量管理条例(2019-04-23).md",
+)
+CRACKED_WALL = "交房才一年墙就裂了，保修期内这个该谁来修"  # the community's rules: 建设单位/保修 (江苏省物业管理条例)
+REFERENCE_ONLY = {  # nothing in the demo corpus answers these
+    "电梯多久要做一次定期检验": ("中华人民共和国特种设备安全法", "第四十条"),
+    "装修想拆一面承重墙改格局，需要什么审批": ("建设工程质量管理条例", "第十五条"),
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(kb_data_dir, embedder, tmp_path_factory):
+    require_library()
+    base = tmp_path_factory.mktemp("mixed")
+    data_dir = base / "data"
+    shutil.copytree(kb_data_dir, data_dir)
+    report = build_services(Settings(data_dir=data_dir), embedder).knowledge.ingest(
+        [write_sample(base / "library", DISTRACTORS)])
+    assert len(report.added) == len(DISTRACTORS) and not report.failed
+    return data_dir
+
+
+def _services(data_dir, embedder, **retrieval):
+    return build_services(Settings(data_dir=data_dir, retrieval=RetrievalSettings(**retrieval)), embedder)
+
+
+def test_the_communitys_rule_comes_before_a_law_that_words_the_same(mixed_dir, embedder):
+    plain = _services(mixed_dir, embedder, reference_weight=1.0).chat.retrieve(CRACKED_WALL)
+    assert plain.hits[0].chunk.category == "法律法规"  # what the preference is for: a building law comes first
+    preferred = _services(mixed_dir, embedder).chat.retrieve(CRACKED_WALL)
+    assert preferred.hits[0].chunk.category == "物业" and preferred.evidence.covered
+    assert preferred.hits[0].chunk.title == "江苏省物业管理条例"
+    assert any(h.chunk.category == "法律法规" for h in preferred.hits)  # demoted, not removed
+
+
+@pytest.mark.parametrize("question", sorted(REFERENCE_ONLY))
+def test_a_question_only_a_reference_law_answers_is_still_answered_from_it(mixed_dir, embedder, question):
+    answer = _services(mixed_dir, embedder).chat.ask(question)
+    assert not answer.refused
+    assert (answer.citations[0].title, answer.citations[0].section.rsplit(" > ", 1)[-1]) == REFERENCE_ONLY[question]
+
+
+def _count_queries(monkeypatch) -> list[tuple]:
+    calls: list[tuple] = []
+    real = ChromaStore.query
+
+    def counting(self, vector, n, categories=()):
+        calls.append(tuple(categories))
+        return real(self, vector, n, categories)
+
+    monkeypatch.setattr(ChromaStore, "query", counting)
+    return calls
+
+
+def test_a_mixed_knowledge_base_asks_for_its_domain_chunks_apart(mixed_dir, embedder, monkeypatch):
+    services = _services(mixed_dir, embedder)
+    calls = _count_queries(monkeypatch)
+    services.chat.retrieve("小区电梯坏了谁来修")
+    assert calls and calls.count(()) == calls.count(("党建", "物业", "调解")) == len(calls) // 2
+
+
+def test_domain_documents_alone_cost_one_query_and_rank_as_without_the_preference(kb_data_dir, embedder,
+                                                                                 monkeypatch, tmp_path):
+    data_dir = tmp_path / "data"
+    shutil.copytree(kb_data_dir, data_dir)
+    preferred, plain = _services(data_dir, embedder), _services(data_dir, embedder, reference_weight=1.0)
+    calls = _count_queries(monkeypatch)
+    for question in ("业主大会多久开一次", "调解协议有法律效力吗", "入党要什么条件"):
+        calls.clear()
+        got = preferred.chat.retrieve(question)
+        assert calls and set(calls) == {()}
+        assert [h.chunk.id for h in got.hits] == [h.chunk.id for h in plain.chat.retrieve(question).hits]
+
+
+def _hit(cid: str, category: str, score: float) -> ScoredChunk:
+    return ScoredChunk(Chunk(cid, "正文", "a.md", "标题", "第一条", 0, 2, category), score, 0.0, 0.0, None, None)
+
+
+def test_prefer_domain_scales_only_reference_scores_and_reorders():
+    hits = [_hit("law", "法律法规", 1.0), _hit("rule", "物业", 0.8), _hit("other", "", 0.5)]
+    got = prefer_domain(hits, ["物业"], 0.7)
+    assert [(h.chunk.id, round(h.score, 3)) for h in got] == [("rule", 0.8), ("law", 0.7), ("other", 0.35)]
+    assert prefer_domain(hits, ["物业"], 1.0) == hits and prefer_domain(hits, [], 0.5) == hits
