@@ -18,9 +18,10 @@ from assistant.config import RetrievalSettings
 from assistant.qa.retrieve import Candidates
 from assistant.types import Evidence, TurnPlan
 
-FEATURES = ("dense_top", "dense_gap", "coverage", "unknown", "lexical_top", "agreement", "off_topic")
+FEATURES = ("dense_top", "dense_gap", "coverage", "unknown", "lexical_top", "agreement", "off_topic", "sentence_top")
 _LABELS = {"dense_top": "语义相似度", "dense_gap": "语义领先幅度", "coverage": "关键词覆盖", "unknown": "知识库未见的词",
-           "lexical_top": "词法匹配", "agreement": "两路检索一致", "off_topic": "知识库外的话题"}
+           "lexical_top": "词法匹配", "agreement": "两路检索一致", "off_topic": "知识库外的话题",
+           "sentence_top": "最接近的句子"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,11 @@ def features(found: Candidates, plan: TurnPlan | None = None) -> dict[str, float
         "lexical_top": math.log1p(found.lexical[0][1]) if found.lexical else 0.0,
         "agreement": float(bool({c for c, _ in found.lexical[:3]} & {c for c, _ in found.dense[:3]})),
         "off_topic": float(len(plan.off_topic)) if plan else 0.0,
+        # The closest single sentence of the top hits: a question the sources answer usually has one sentence that
+        # says it, while a near-domain one ("燃气公司得提前多久通知") is only generally close to whole provisions.
+        # Without sentence vectors, the chunk's own similarity stands in.
+        "sentence_top": max((sim for h in found.hits[:3] for _, sim in found.sentences.get(h.chunk.id, ())),
+                            default=dense[0] if dense else 0.0),
     }
 
 
