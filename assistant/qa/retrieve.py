@@ -209,10 +209,12 @@ class HybridRetriever:
             in_domain = 0
             wanted = set(domain)
             for sc, cid, chunk in merged:  # the same passage in two knowledge bases is one hit (types.Chunk.kb)
+                if len(picked) >= n and not (tiered and in_domain < n):
+                    break
                 if cid in picked:
                     continue
                 ours = chunk.category in wanted
-                if len(picked) >= n and not (tiered and ours and in_domain < n):
+                if len(picked) >= n and not ours:
                     continue  # past the best n, only the domain's best n still come in
                 picked[cid] = sc
                 in_domain += ours
