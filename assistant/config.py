@@ -60,11 +60,12 @@ class RetrievalSettings(BaseSettings):
     rerank_pool: int = 10
     sentence_weight: float = 8.0  # per unit of max sentence cosine behind the pool's best (dev: art@1 0.587 → 0.624)
     intent_weight: float = 0.0  # for an article that gives what the intent asks for; 0.05–0.2 did not help on dev
-    # The categories Xiaoyu serves (manifest or upload category). Documents of any other category (the national law
-    # library's 法律法规) are reference material: they answer what the domain documents do not, but where both
-    # match, a reference chunk's fused score counts `reference_weight` times (1.0: no preference). Fitted on the
-    # dev set with the library in scope (docs/knowledge-bases.md); it changes nothing in a scope of domain documents.
-    domain_categories: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["党建", "物业", "调解"])
+    # Reference material: documents of these categories (the national law library's 法律法规, LIBRARY.md) answer what
+    # the community's own documents do not, but where both match, a reference chunk's fused score counts
+    # `reference_weight` times (1.0: no preference). Every other category, an empty one included (a staff upload
+    # without a manifest), is the domain: a policy file nobody labelled must not rank behind the laws. Fitted on the
+    # dev set with the library in scope (docs/knowledge-bases.md); it changes nothing in a scope without reference.
+    reference_categories: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["法律法规"])
     reference_weight: float = Field(0.7, gt=0.0, le=1.0)
     # Refusal: evidence below these is "not covered". Calibrated with `xiaoyu calibrate evals/golden.jsonl`
     # for the default e5 embedder; another embedder needs its own calibration (see docs/tuning.md).
@@ -76,9 +77,9 @@ class RetrievalSettings(BaseSettings):
     # "off": the thresholds above decide alone.
     answerability_model: str = ""
 
-    @field_validator("domain_categories", mode="before")
+    @field_validator("reference_categories", mode="before")
     @classmethod
-    def _split_domain(cls, value):
+    def _split_reference(cls, value):
         return _env_list(value)
 
 

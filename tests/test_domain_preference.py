@@ -1,4 +1,4 @@
-"""Domain documents before reference ones (RetrievalSettings.domain_categories, reference_weight; qa/retrieve.py
+"""Domain documents before reference ones (RetrievalSettings.reference_categories, reference_weight; qa/retrieve.py
 prefer_domain): the demo corpus and five national laws that word much of the same (building quality, lifts, court
 mediation), all in ONE knowledge base, as a county would load them. Real jieba, real Chroma, the real onnx embedder.
 
@@ -71,9 +71,9 @@ def _count_queries(monkeypatch) -> list[tuple]:
     calls: list[tuple] = []
     real = ChromaStore.query
 
-    def counting(self, vector, n, categories=()):
-        calls.append(tuple(categories))
-        return real(self, vector, n, categories)
+    def counting(self, vector, n, excluding=()):
+        calls.append(tuple(excluding))
+        return real(self, vector, n, excluding)
 
     monkeypatch.setattr(ChromaStore, "query", counting)
     return calls
@@ -83,7 +83,7 @@ def test_a_mixed_knowledge_base_asks_for_its_domain_chunks_apart(mixed_dir, embe
     services = _services(mixed_dir, embedder)
     calls = _count_queries(monkeypatch)
     services.chat.retrieve("小区电梯坏了谁来修")
-    assert calls and calls.count(()) == calls.count(("党建", "物业", "调解")) == len(calls) // 2
+    assert calls and calls.count(()) == calls.count(("法律法规",)) == len(calls) // 2
 
 
 def test_domain_documents_alone_cost_one_query_and_rank_as_without_the_preference(kb_data_dir, embedder,
@@ -105,6 +105,23 @@ def _hit(cid: str, category: str, score: float) -> ScoredChunk:
 
 def test_prefer_domain_scales_only_reference_scores_and_reorders():
     hits = [_hit("law", "法律法规", 1.0), _hit("rule", "物业", 0.8), _hit("other", "", 0.5)]
-    got = prefer_domain(hits, ["物业"], 0.7)
-    assert [(h.chunk.id, round(h.score, 3)) for h in got] == [("rule", 0.8), ("law", 0.7), ("other", 0.35)]
-    assert prefer_domain(hits, ["物业"], 1.0) == hits and prefer_domain(hits, [], 0.5) == hits
+    got = prefer_domain(hits, ["法律法规"], 0.7)
+    assert [(h.chunk.id, round(h.score, 3)) for h in got] == [("rule", 0.8), ("law", 0.7), ("other", 0.5)]
+    assert prefer_domain(hits, ["法律法规"], 1.0) == hits and prefer_domain(hits, [], 0.5) == hits
+
+
+def test_an_unlabelled_policy_file_counts_as_the_communitys_own(kb_data_dir, embedder, monkeypatch, tmp_path):
+    """A staff upload without a manifest has no category: it is the community's, not reference material. Beside
+    the demo corpus it makes no mixed knowledge base (one Chroma query per question) and is never demoted."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(kb_data_dir, data_dir)
+    rule = tmp_path / "upload" / "小区电梯管理办法.md"
+    rule.parent.mkdir()
+    rule.write_text("# 小区电梯管理办法\n\n第一条 小区电梯每年由物业服务人委托特种设备检验机构定期检验一次。\n",
+                    encoding="utf-8")
+    services = _services(data_dir, embedder)
+    assert services.knowledge.ingest([rule.parent]).added
+    calls = _count_queries(monkeypatch)
+    hits = services.chat.retrieve("电梯多久要做一次定期检验").hits
+    assert calls and set(calls) == {()}
+    assert (hits[0].chunk.title, hits[0].chunk.category) == ("小区电梯管理办法", "")

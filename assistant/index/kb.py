@@ -75,22 +75,22 @@ class Snapshot:
     catalog: Catalog
     lexical: LexicalIndex
     retired: frozenset[str]  # chunks of superseded versions (catalog.py supersede): in the store, never returned
-    _domain: dict = field(default_factory=dict, compare=False, repr=False)  # categories → domain_rows(), per generation
+    _domain: dict = field(default_factory=dict, compare=False, repr=False)  # reference → domain_rows(), per generation
 
-    def domain_rows(self, categories: Sequence[str]) -> np.ndarray:
-        """Which BM25 rows are chunks of the given (domain) categories, as a bool mask. Computed once per generation
-        and set of categories, never per query."""
-        return self._domain_of(categories)[0]
+    def domain_rows(self, reference: Sequence[str]) -> np.ndarray:
+        """Which BM25 rows are domain chunks (of no reference category), as a bool mask. Computed once per
+        generation and set of categories, never per query."""
+        return self._domain_of(reference)[0]
 
-    def holds(self, categories: Sequence[str]) -> tuple[bool, bool]:
-        """(any chunk of these categories, any chunk of another), for the live chunks."""
-        return self._domain_of(categories)[1:]
+    def holds(self, reference: Sequence[str]) -> tuple[bool, bool]:
+        """(any domain chunk, any chunk of these reference categories), for the live chunks."""
+        return self._domain_of(reference)[1:]
 
-    def _domain_of(self, categories: Sequence[str]) -> tuple[np.ndarray, bool, bool]:
-        key = tuple(sorted(categories))
+    def _domain_of(self, reference: Sequence[str]) -> tuple[np.ndarray, bool, bool]:
+        key = tuple(sorted(reference))
         if key not in self._domain:
-            chunks, wanted = self.catalog.chunks, set(key)
-            mask = np.fromiter((chunks[cid].category in wanted for cid in self.lexical.ids), dtype=bool,
+            chunks, demoted = self.catalog.chunks, set(key)
+            mask = np.fromiter((chunks[cid].category not in demoted for cid in self.lexical.ids), dtype=bool,
                                count=self.lexical.n)
             self._domain[key] = (mask, bool(mask.any()), not bool(mask.all()))
         return self._domain[key]

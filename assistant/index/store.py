@@ -115,10 +115,10 @@ class ChromaStore:
         for i in range(0, len(ids), _BATCH):
             self._collection.delete(ids=ids[i : i + _BATCH])
 
-    def query(self, vector: np.ndarray, n: int, categories: Sequence[str] = ()) -> list[tuple[str, float]]:
+    def query(self, vector: np.ndarray, n: int, excluding: Sequence[str] = ()) -> list[tuple[str, float]]:
         """(chunk id, cosine similarity), best first. Chroma returns fewer when it holds fewer (none when empty), so
-        no count() is needed on the query path. `categories`: only chunks of these."""
-        where = {"category": {"$in": list(categories)}} if categories else None
+        no count() is needed on the query path. `excluding`: no chunks of these categories."""
+        where = {"category": {"$nin": list(excluding)}} if excluding else None
         res = self._collection.query(query_embeddings=[vector], n_results=max(1, n), where=where,
                                      include=["distances"])
         ids, distances = (res["ids"] or [[]])[0], (res["distances"] or [[]])[0]

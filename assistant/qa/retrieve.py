@@ -62,14 +62,14 @@ def fuse(chunks: dict[str, Chunk], lexical: Ranked, dense: Ranked, rrf_k: int, l
     return out
 
 
-def prefer_domain(fused: list[ScoredChunk], domain: Sequence[str], reference_weight: float) -> list[ScoredChunk]:
-    """Scale the fused score of chunks outside the domain categories (RetrievalSettings.domain_categories): among
-    a thousand national laws, one on building quality or criminal procedure often words a sentence much like the
-    community's own rule does, and the resident asked about the community's."""
-    if reference_weight >= 1.0 or not domain:
+def prefer_domain(fused: list[ScoredChunk], reference: Sequence[str], reference_weight: float) -> list[ScoredChunk]:
+    """Scale the fused score of reference chunks (RetrievalSettings.reference_categories): among a thousand national
+    laws, one on building quality or criminal procedure often words a sentence much like the community's own rule
+    does, and the resident asked about the community's."""
+    if reference_weight >= 1.0 or not reference:
         return fused
-    wanted = set(domain)
-    out = [h if h.chunk.category in wanted else replace(h, score=h.score * reference_weight) for h in fused]
+    demoted = set(reference)
+    out = [replace(h, score=h.score * reference_weight) if h.chunk.category in demoted else h for h in fused]
     out.sort(key=lambda h: (-h.score, -h.dense))
     return out
 
@@ -173,14 +173,14 @@ class HybridRetriever:
         chunks: dict[str, Chunk] = {}  # the hits' chunks: fuse() looks up only these
         # Domain chunks beside reference ones (prefer_domain): each retriever also brings the best n domain chunks,
         # which among a thousand laws can rank far behind the overall best n and would never reach the fusion.
-        domain = s.domain_categories if s.reference_weight < 1.0 else ()
-        holds = [snap.holds(domain) for snap in snaps] if domain else []
+        reference = s.reference_categories if s.reference_weight < 1.0 else ()
+        holds = [snap.holds(reference) for snap in snaps] if reference else []  # (domain, reference) chunks?
         tiered = any(d for d, _ in holds) and any(r for _, r in holds)
         lexical: Ranked = ()
         if mode != "dense":
             tokens = self.tokenizer.tokens(expanded if s.expand_lexical else query)
             found = []
-            also = [snap.domain_rows(domain) for snap in snaps] if tiered else None
+            also = [snap.domain_rows(reference) for snap in snaps] if tiered else None
             for k, cid, score in search_together([snap.lexical for snap in snaps], tokens, n, also):
                 # BM25 is built without retired chunks (pipeline._commit, SharedIndexDir.sync); this only double-checks.
                 if cid not in snaps[k].retired and cid not in chunks:
@@ -201,19 +201,19 @@ class HybridRetriever:
                 fetch = n + 10 + min(len(snap.retired), RETIRED_OVERFETCH)
                 raw = ix.store.query(vector, fetch)
                 if tiered and all(holds[k]):  # a knowledge base mixing both: its domain chunks asked for apart
-                    raw += ix.store.query(vector, fetch, categories=domain)
+                    raw += ix.store.query(vector, fetch, excluding=reference)
                 merged += [(sc, cid, snap.catalog.chunks[cid]) for cid, sc in raw
                            if cid in snap.catalog.chunks and cid not in snap.retired]
             merged.sort(key=lambda t: -t[0])  # stable: equal cosines keep the scope's order
             picked: dict[str, float] = {}
             in_domain = 0
-            wanted = set(domain)
+            demoted = set(reference)
             for sc, cid, chunk in merged:  # the same passage in two knowledge bases is one hit (types.Chunk.kb)
                 if len(picked) >= n and not (tiered and in_domain < n):
                     break
                 if cid in picked:
                     continue
-                ours = chunk.category in wanted
+                ours = chunk.category not in demoted
                 if len(picked) >= n and not ours:
                     continue  # past the best n, only the domain's best n still come in
                 picked[cid] = sc
@@ -222,7 +222,7 @@ class HybridRetriever:
             dense = tuple(picked.items())
         fused = fuse(chunks, lexical, dense, s.rrf_k,
                      s.lexical_weight if mode != "dense" else 0.0, s.dense_weight if mode != "bm25" else 0.0)
-        fused = prefer_domain(fused, s.domain_categories, s.reference_weight)
+        fused = prefer_domain(fused, s.reference_categories, s.reference_weight)
         ranked = diversify(fused, s.max_per_source)
         pool = ranked[: max(top_k, s.rerank_pool)]
         sentences = self._sentence_scores(vector, pool, {ix.name: ix for ix in indexes})
