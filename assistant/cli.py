@@ -322,6 +322,8 @@ def cmd_calibrate(args) -> int:
     settings = _settings(args)
     if args.answerability:
         return _calibrate_answerability(args, settings)
+    if args.ranker:
+        return _calibrate_ranker(args, settings)
     services = build_services(settings)
     services.knowledge.ensure_ingested(_progress())
     rows = evidence_rows(services.chat, [i for f in args.files for i in load_golden(Path(f))])
@@ -356,6 +358,33 @@ def _calibrate_answerability(args, settings) -> int:
     figures = report(model, rows)
     print(f"answerability model written to {out}: {figures['rows']} rows, threshold {figures['threshold']:.3f}, "
           f"refusal accuracy {figures['refusal_accuracy']:.3f}, false-refusal rate {figures['false_refusal_rate']:.3f}")
+    return 0
+
+
+def _calibrate_ranker(args, settings) -> int:
+    """Fit the provision ranker on the given dev files (single questions and conversations) and save it."""
+    from assistant.services import build_embedder, build_services
+    from evals.conversations import is_conversations_file, load_conversations
+    from evals.golden import load_golden
+    from evals.ranker import Recorder, fit, pools_from_conversations, pools_from_items, report
+
+    embedder = build_embedder(settings)
+    services = build_services(settings, embedder)
+    services.knowledge.ensure_ingested(_progress())
+    recorder = Recorder()
+    services.chat.record_pools(recorder)
+    pools = []
+    for name in map(Path, args.files):
+        if is_conversations_file(name):
+            pools += pools_from_conversations(services.chat, recorder, load_conversations(name))
+        else:
+            pools += pools_from_items(services.chat, recorder, load_golden(name))
+    ranker = fit(pools, embedder.name)
+    out = Path(args.out) if args.out else settings.data_dir / "ranker.json"
+    ranker.save(out)
+    before, after = report(None, pools), report(ranker, pools)
+    print(f"provision ranker written to {out}: {after['pools']} questions, {after['reachable']} with the expected "
+          f"provision in the pool; article hit@1 there {before['hit@1']:.3f} -> {after['hit@1']:.3f} (fitted rows)")
     return 0
 
 
@@ -420,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-false-refusal", type=float, default=0.03)
     p.add_argument("--answerability", action="store_true",
                    help="拟合可回答性模型（逻辑回归），写入 数据目录/answerability.json（或 --out）")
-    p.add_argument("--out", help="--answerability 时模型的输出路径")
+    p.add_argument("--ranker", action="store_true",
+                   help="拟合条文排序模型（成对逻辑回归），写入 数据目录/ranker.json（或 --out）")
+    p.add_argument("--out", help="--answerability / --ranker 时模型的输出路径")
     data_dir(p)
     p.set_defaults(func=cmd_calibrate)
     return parser

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_KB = PROJECT_ROOT / "knowledge_base"
 SHIPPED_ANSWERABILITY = Path(__file__).resolve().parent / "qa" / "answerability.json"
+SHIPPED_RANKER = Path(__file__).resolve().parent / "qa" / "ranker.json"
 
 
 def _group(prefix: str) -> SettingsConfigDict:
@@ -76,6 +77,10 @@ class RetrievalSettings(BaseSettings):
     # data_dir/answerability.json if staff have fitted one there, else the one shipped for the default embedder.
     # "off": the thresholds above decide alone.
     answerability_model: str = ""
+    # The provision ranker (assistant/qa/ranker.py), fitted with `xiaoyu calibrate --ranker`. Empty:
+    # data_dir/ranker.json if staff have fitted one there, else the one shipped for the default embedder. "off": the
+    # fixed sentence_weight/intent_weight rerank above.
+    ranker_model: str = ""
 
     @field_validator("reference_categories", mode="before")
     @classmethod
@@ -261,6 +266,15 @@ class Settings(BaseSettings):
             return Path(configured)
         fitted = self.data_dir / "answerability.json"
         return fitted if fitted.is_file() else SHIPPED_ANSWERABILITY
+
+    def ranker_path(self) -> Path | None:
+        configured = self.retrieval.ranker_model.strip()
+        if configured.lower() == "off":
+            return None
+        if configured:
+            return Path(configured)
+        fitted = self.data_dir / "ranker.json"
+        return fitted if fitted.is_file() else SHIPPED_RANKER
 
 
 @lru_cache(maxsize=1)

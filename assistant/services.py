@@ -29,6 +29,7 @@ from assistant.index.synonyms import QueryExpander, SynonymError
 from assistant.qa.compose import Answerer, ExtractiveAnswerer
 from assistant.qa.evidence import AnswerabilityModel
 from assistant.qa.pipeline import Explanation, QuestionPipeline
+from assistant.qa.ranker import ArticleRanker
 from assistant.qa.retrieve import HybridRetriever, Mode
 from assistant.qa.understand import Condenser, Understander, Vocabulary, printable, read_terms
 from assistant.state.logwriter import BackgroundLog
@@ -146,6 +147,11 @@ class ChatService:
         """What chat would retrieve for this turn, with its evidence decision (/api/retrieve, evals)."""
         scope = self.scope(knowledge_bases)
         return self._pipeline.retrieve(self._pipeline.plan(question, history), top_k, mode, scope)
+
+    def record_pools(self, recorder) -> None:
+        """Calibration only (`xiaoyu calibrate --ranker`): every retrieval pool goes to `recorder` (its rerank()
+        sees the feature rows and keeps the fused order) instead of the provision ranker."""
+        self._pipeline.retriever.ranker = recorder
 
     def explain(self, question: str, history: Sequence[Turn] = (), top_k: int | None = None,
                 mode: Mode = "hybrid", knowledge_bases: Sequence[str] | None = None) -> Explanation:
@@ -720,6 +726,20 @@ def load_answerability(settings: Settings, embedder: Embedder) -> AnswerabilityM
     return model
 
 
+def load_ranker(settings: Settings, embedder: Embedder) -> ArticleRanker | None:
+    """The configured provision ranker, if it was fitted for this embedder (its dense and sentence features are
+    cosines on that embedder's scale); else None, and the fixed rerank ranks."""
+    path = settings.ranker_path()
+    if path is None or not path.is_file():
+        return None
+    ranker = ArticleRanker.load(path)
+    if ranker.embedder and ranker.embedder not in (embedder.name, *getattr(embedder, "same_vectors_as", ())):
+        log.warning("provision ranker %s was fitted for %s, not %s: using the fixed rerank; refit with "
+                    "`xiaoyu calibrate --ranker`", path, ranker.embedder, embedder.name)
+        return None
+    return ranker
+
+
 def _state_stores(settings: Settings, clock: Callable[[], float]) -> tuple[Sessions, Questions, Requests]:
     """Sessions, question log and requests: SQLite files in the data dir (one host), or Redis when XIAOYU_REDIS_URL
     is set, so that several hosts share residents' conversations, one log and one queue. An unusable URL raises
@@ -787,7 +807,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
     registry = Registry(data_dir, ChromaDocument(host, port) if host else None)
     shelf = Shelf(registry, open_index, settings.default_knowledge_bases)
     retriever = HybridRetriever(QueryCache(embedder), shelf, tokenizer, settings.retrieval, expander,
-                                settings.index_poll_seconds)
+                                settings.index_poll_seconds, load_ranker(settings, embedder))
     terms = tokenizer.user_terms | expander.terms
     vocabulary = Vocabulary(tokenizer.tokens, lambda word: word in terms or retriever.knows(word),
                             read_terms(settings.out_of_scope_path))

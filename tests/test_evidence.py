@@ -5,6 +5,7 @@ import pytest
 from assistant.config import SHIPPED_ANSWERABILITY, RetrievalSettings
 from assistant.qa.evidence import FEATURES, AnswerabilityModel, features, judge
 from assistant.qa.retrieve import Candidates, rerank
+from assistant.qa.understand import asked_datum
 from assistant.types import Chunk, ScoredChunk, TurnKind, TurnPlan
 from evals.answerability import Row, fit, pick_threshold
 
@@ -99,3 +100,30 @@ def test_rerank_prefers_an_article_with_a_time_limit_for_a_duration_question():
     pool = [_hit("how", "当事人可以申请司法确认。", 0.10), _hit("when", "应当自受理之日起十五日内作出决定。", 0.098)]
     assert rerank(pool, {}, "duration", 4.0, 0.1)[0].chunk.id == "when"
     assert rerank(pool, {}, "", 4.0, 0.1)[0].chunk.id == "how"
+
+
+@pytest.mark.parametrize("question,kind", [
+    ("小区门禁卡丢了，补办一张要多少钱", "price"), ("昆山居民用水多少钱一吨", "price"),
+    ("民政局周末上不上班", "clock"), ("政务服务中心几点开门", "clock"),
+    ("不动产登记中心电话多少", "contact"), ("物业巡回法庭的地址在哪", "contact"),
+    ("调解协议有法律效力吗", ""), ("业主大会多久开一次", ""), ("物业天天打电话催我交费，合理吗", ""),
+    ("党的纪律具体分哪几块", ""),
+])
+def test_a_question_asking_for_a_price_a_time_of_day_or_a_contact_is_told_apart(question, kind):
+    assert asked_datum(question) == kind
+
+
+def test_a_price_question_whose_evidence_names_no_amount_counts_as_missing_its_datum():
+    ruled = _found(0.9, query="小区门禁卡补办要多少钱")
+    assert features(ruled)["missing_datum"] == 1.0
+    free = Candidates("调解要收费吗，收多少", (_hit("a", "人民调解委员会调解民间纠纷，不收取任何费用。", 0.1),), (), (), 0.5, 0.1)
+    fined = Candidates("占用通道罚多少钱", (_hit("a", "由有关部门处一千元以上一万元以下罚款。", 0.1),), (), (), 0.5, 0.1)
+    assert features(free)["missing_datum"] == features(fined)["missing_datum"] == 0.0
+    assert features(_found(0.9))["missing_datum"] == 0.0  # a question of rules asks for no datum
+
+
+def test_the_shipped_model_weighs_a_missing_datum_against_answering():
+    model = AnswerabilityModel.load(SHIPPED_ANSWERABILITY)
+    assert model.weights["missing_datum"] < 0
+    x = features(_found(0.9, query="小区门禁卡补办要多少钱"))
+    assert model.probability(x) < model.probability({**x, "missing_datum": 0.0})

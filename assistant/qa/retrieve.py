@@ -20,6 +20,7 @@ from assistant.index.kb import KbIndex, Shelf, Snapshot
 from assistant.index.lexical import JiebaTokenizer, search_together
 from assistant.index.sentences import provision_sentences, sentence_id
 from assistant.index.synonyms import QueryExpander
+from assistant.qa.ranker import ArticleRanker, rank_features
 from assistant.qa.understand import INTENT_SIGNS
 from assistant.types import Chunk, ScoredChunk
 
@@ -120,8 +121,9 @@ class HybridRetriever:
     0: ask before every search (tests). The question costs a stat per knowledge base, never the query."""
 
     def __init__(self, embedder: Embedder, shelf: Shelf, tokenizer: JiebaTokenizer, settings: RetrievalSettings,
-                 expander: QueryExpander, poll_seconds: float = 0.0):
+                 expander: QueryExpander, poll_seconds: float = 0.0, ranker: ArticleRanker | None = None):
         self.expander = expander
+        self.ranker = ranker  # fitted provision ranking; None: rerank()'s fixed formula
         self.embedder = embedder
         self.shelf = shelf
         self.tokenizer = tokenizer
@@ -226,11 +228,19 @@ class HybridRetriever:
         ranked = diversify(fused, s.max_per_source)
         pool = ranked[: max(top_k, s.rerank_pool)]
         sentences = self._sentence_scores(vector, pool, {ix.name: ix for ix in indexes})
-        if mode == "hybrid" and s.rerank_pool:
-            pool = rerank(pool, sentences, intent, s.sentence_weight, s.intent_weight)
-        hits = tuple(pool[:top_k])
         words = set(self.tokenizer.tokens(query))
-        return Candidates(query, hits, lexical, dense, *self._coverage(snaps, words, hits),
+        idf, max_idf = _idf(snaps, words)
+        if mode == "hybrid" and s.rerank_pool:
+            if self.ranker is not None:
+                by_kb = {snap.kb: snap for snap in snaps}
+                rows = rank_features(pool, sentences, intent, idf, lambda h: _terms(by_kb, h))
+                # The model was fitted on the community's documents alone: the domain preference applies to its
+                # scores too, or a law with one close sentence outranks the community's rule again.
+                pool = prefer_domain(self.ranker.rerank(pool, rows), s.reference_categories, s.reference_weight)
+            else:
+                pool = rerank(pool, sentences, intent, s.sentence_weight, s.intent_weight)
+        hits = tuple(pool[:top_k])
+        return Candidates(query, hits, lexical, dense, *self._coverage(snaps, idf, max_idf, hits),
                           content_words=len(words), sentences=sentences)
 
     def _sentence_scores(self, vector: np.ndarray | None, pool: Sequence[ScoredChunk],
@@ -259,27 +269,36 @@ class HybridRetriever:
         return out
 
     @staticmethod
-    def _coverage(snaps: Sequence[Snapshot], words: set[str], hits: Sequence[ScoredChunk]) -> tuple[float, float]:
-        """(share found in the top hits, share found nowhere in the scope), weighted by idf over the scope's live
-        chunks: "红烧肉" (unseen) weighs more than "怎么" or "小区". Read from BM25's postings, nothing re-tokenized."""
+    def _coverage(snaps: Sequence[Snapshot], idf: dict[str, float], max_idf: float,
+                  hits: Sequence[ScoredChunk]) -> tuple[float, float]:
+        """(share found in the top hits, share found nowhere in the scope), weighted by idf (_idf)."""
         by_kb = {snap.kb: snap for snap in snaps}
         near: frozenset[str] = frozenset()
         for h in hits[:3]:
-            snap = by_kb.get(h.chunk.kb)
-            if snap is not None:
-                near |= snap.lexical.terms_of(h.chunk.id)
-        n = sum(snap.lexical.n for snap in snaps)
-        max_idf = math.log(1 + n)
-        idf = {}
-        for w in words:
-            df = sum(snap.lexical.doc_freq(w) for snap in snaps)
-            idf[w] = math.log(1 + n / (1 + df)) if df else max_idf
+            near |= _terms(by_kb, h)
         total = sum(idf.values())
         if not total:
             return 0.0, 0.0
-        found = sum(idf[w] for w in words & near) / total
-        unseen = sum(max_idf for w in words if not any(snap.lexical.doc_freq(w) for snap in snaps))
+        found = sum(w for t, w in idf.items() if t in near) / total
+        unseen = sum(max_idf for w in idf if not any(snap.lexical.doc_freq(w) for snap in snaps))
         return found, unseen / total
+
+
+def _idf(snaps: Sequence[Snapshot], words: set[str]) -> tuple[dict[str, float], float]:
+    """Each query word's idf over the scope's live chunks, and the idf of a word no chunk holds: "红烧肉" (unseen)
+    weighs more than "怎么" or "小区". Read from BM25's postings, nothing re-tokenized."""
+    n = sum(snap.lexical.n for snap in snaps)
+    max_idf = math.log(1 + n)
+    idf = {}
+    for w in words:
+        df = sum(snap.lexical.doc_freq(w) for snap in snaps)
+        idf[w] = math.log(1 + n / (1 + df)) if df else max_idf
+    return idf, max_idf
+
+
+def _terms(by_kb: dict[str, Snapshot], hit: ScoredChunk) -> frozenset[str]:
+    snap = by_kb.get(hit.chunk.kb)
+    return snap.lexical.terms_of(hit.chunk.id) if snap is not None else frozenset()
 
 
 def _watch(ref: weakref.ref, every: float, stop: threading.Event) -> None:

@@ -92,6 +92,24 @@ INTENT_SIGNS = {
 }
 
 
+# A concrete local datum the resident asks for: a price, a clock time, an address or a phone number. Laws and
+# regulations state rules, not what a community's parking space costs or when the 民政局 opens; a question asking
+# for one is answerable only when the evidence holds one (qa/evidence.py missing_datum).
+DATUMS = {
+    "price": (re.compile(r"多少钱|几块钱|块钱|价格|价钱|收多少|多少一|一平|每平|单价|贵不贵|便宜"),
+              re.compile(r"[0-9零一二三四五六七八九十百千万.]+\s*(?:元|块|角)|百分之|[0-9]\s*[%％]|不收|免费|无偿")),
+    "clock": (re.compile(r"几点|营业时间|开放时间|办公时间|上班时间|开门|关门|开不开放|开放吗|上不上班|上班吗|首班|末班"),
+              re.compile(r"[0-9一二三四五六七八九十]+\s*(?:点|时|:|：)[0-9〇零一二三四五六七八九十半]*|[上下]午|工作日|节假日")),
+    "contact": (re.compile(r"地址|电话是多少|电话多少|电话号码|联系电话|手机号|联系方式|热线是|号码是多少|怎么走|下载|官网|网址"),
+                re.compile(r"[0-9]{5,}|路[0-9一二三四五六七八九十]+号|号楼|网址|http|www|热线")),
+}
+
+
+def asked_datum(question: str) -> str:
+    """"小区门禁卡补办一张要多少钱" → "price"; "民政局周末上不上班" → "clock"; "" for a question of rules."""
+    return next((kind for kind, (asked, _) in DATUMS.items() if asked.search(question)), "")
+
+
 def question_intent(question: str) -> str:
     """"申请司法确认有没有期限" → "duration"; "邻里纠纷找谁调解" → "where"; "业委会怎么成立" → "how"."""
     return next((name for name, pattern in _INTENTS if pattern.search(question)), "")
