@@ -782,7 +782,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
         base = kb_dir(data_dir, name)
         index_dir = (SharedIndexDir(base, ChromaCatalog(embedder.name, host, port, kb=kb), store) if host
                      else IndexDir(base))
-        return KbIndex(name, index_dir, store, sentences, tokenizer)
+        return KbIndex(name, index_dir, store, sentences, tokenizer, settings.retrieval.exact_max_chunks)
 
     expander = QueryExpander(settings.synonyms_path, data_dir / "synonyms.tsv")  # staff's override (synonyms.py)
 

@@ -6,7 +6,8 @@ mediation), all in ONE knowledge base, as a county would load them. Real jieba, 
   quality comes first;
 - a question only a reference law answers is still answered from that law;
 - a knowledge base of domain documents only asks Chroma once per question, a mixed one twice (its domain chunks
-  apart), so that the preference costs nothing where there is nothing to prefer."""
+  apart), so that the preference costs nothing where there is nothing to prefer (the Chroma path, as a large
+  knowledge base is searched; a small one is searched in memory, index/exact.py, with the same tiers)."""
 
 from __future__ import annotations
 
@@ -51,10 +52,11 @@ def _services(data_dir, embedder, **retrieval):
     return build_services(Settings(data_dir=data_dir, retrieval=RetrievalSettings(**retrieval)), embedder)
 
 
-def test_the_communitys_rule_comes_before_a_law_that_words_the_same(mixed_dir, embedder):
-    plain = _services(mixed_dir, embedder, reference_weight=1.0).chat.retrieve(CRACKED_WALL)
-    assert plain.hits[0].chunk.category == "法律法规"  # what the preference is for: a building law comes first
-    preferred = _services(mixed_dir, embedder).chat.retrieve(CRACKED_WALL)
+@pytest.mark.parametrize("exact_max_chunks", [0, 5000], ids=["chroma", "in-memory"])
+def test_the_communitys_rule_comes_before_a_law_that_words_the_same(mixed_dir, embedder, exact_max_chunks):
+    plain = _services(mixed_dir, embedder, reference_weight=1.0, exact_max_chunks=exact_max_chunks)
+    assert plain.chat.retrieve(CRACKED_WALL).hits[0].chunk.category == "法律法规"  # a building law comes first
+    preferred = _services(mixed_dir, embedder, exact_max_chunks=exact_max_chunks).chat.retrieve(CRACKED_WALL)
     assert preferred.hits[0].chunk.category == "物业" and preferred.evidence.covered
     assert preferred.hits[0].chunk.title == "江苏省物业管理条例"
     assert any(h.chunk.category == "法律法规" for h in preferred.hits)  # demoted, not removed
@@ -80,7 +82,7 @@ def _count_queries(monkeypatch) -> list[tuple]:
 
 
 def test_a_mixed_knowledge_base_asks_for_its_domain_chunks_apart(mixed_dir, embedder, monkeypatch):
-    services = _services(mixed_dir, embedder)
+    services = _services(mixed_dir, embedder, exact_max_chunks=0)
     calls = _count_queries(monkeypatch)
     services.chat.retrieve("小区电梯坏了谁来修")
     assert calls and calls.count(()) == calls.count(("法律法规",)) == len(calls) // 2
@@ -90,7 +92,8 @@ def test_domain_documents_alone_cost_one_query_and_rank_as_without_the_preferenc
                                                                                  monkeypatch, tmp_path):
     data_dir = tmp_path / "data"
     shutil.copytree(kb_data_dir, data_dir)
-    preferred, plain = _services(data_dir, embedder), _services(data_dir, embedder, reference_weight=1.0)
+    preferred = _services(data_dir, embedder, exact_max_chunks=0)
+    plain = _services(data_dir, embedder, reference_weight=1.0, exact_max_chunks=0)
     calls = _count_queries(monkeypatch)
     for question in ("业主大会多久开一次", "调解协议有法律效力吗", "入党要什么条件"):
         calls.clear()
@@ -119,7 +122,7 @@ def test_an_unlabelled_policy_file_counts_as_the_communitys_own(kb_data_dir, emb
     rule.parent.mkdir()
     rule.write_text("# 小区电梯管理办法\n\n第一条 小区电梯每年由物业服务人委托特种设备检验机构定期检验一次。\n",
                     encoding="utf-8")
-    services = _services(data_dir, embedder)
+    services = _services(data_dir, embedder, exact_max_chunks=0)
     assert services.knowledge.ingest([rule.parent]).added
     calls = _count_queries(monkeypatch)
     hits = services.chat.retrieve("电梯多久要做一次定期检验").hits

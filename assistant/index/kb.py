@@ -31,7 +31,9 @@ import numpy as np
 
 from assistant.errors import BadQuestion, NotFound
 from assistant.index.catalog import Catalog, IndexDir
+from assistant.index.exact import InMemoryVectors
 from assistant.index.lexical import JiebaTokenizer, LexicalIndex
+from assistant.index.sentences import provision_sentences, sentence_id
 from assistant.index.store import ChromaDocument, ChromaStore
 from assistant.types import DEFAULT_KB
 
@@ -75,6 +77,9 @@ class Snapshot:
     catalog: Catalog
     lexical: LexicalIndex
     retired: frozenset[str]  # chunks of superseded versions (catalog.py supersede): in the store, never returned
+    # A small knowledge base's live chunk and sentence vectors, searched in memory (index/exact.py); None: Chroma.
+    vectors: InMemoryVectors | None = None
+    sentence_vectors: InMemoryVectors | None = None
     _domain: dict = field(default_factory=dict, compare=False, repr=False)  # reference → domain_rows(), per generation
 
     def domain_rows(self, reference: Sequence[str]) -> np.ndarray:
@@ -95,14 +100,26 @@ class Snapshot:
             self._domain[key] = (mask, bool(mask.any()), not bool(mask.all()))
         return self._domain[key]
 
+    def vector_domain_rows(self, reference: Sequence[str]) -> np.ndarray | None:
+        """domain_rows() for the in-memory vectors' rows; None without them. Once per generation, never per query."""
+        if self.vectors is None:
+            return None
+        key = ("vectors", *sorted(reference))
+        if key not in self._domain:
+            chunks, demoted = self.catalog.chunks, set(reference)
+            self._domain[key] = np.fromiter((chunks[cid].category not in demoted for cid in self.vectors.ids),
+                                            dtype=bool, count=len(self.vectors))
+        return self._domain[key]
+
 
 class KbIndex:
     """One knowledge base's index: its committed generation (IndexDir: catalog and BM25) and its vectors (chunks and
     sentences in Chroma), and the snapshot searches read."""
 
     def __init__(self, name: str, index_dir: IndexDir, store: ChromaStore, sentences: ChromaStore | None,
-                 tokenizer: JiebaTokenizer):
+                 tokenizer: JiebaTokenizer, exact_max_chunks: int = 0):
         self.name = name
+        self.exact_max_chunks = exact_max_chunks  # up to this many live chunks, vectors are searched in memory
         self.index_dir = index_dir
         self.store = store
         self.sentences = sentences
@@ -116,7 +133,15 @@ class KbIndex:
         # Each chunk names its knowledge base (citations carry it); catalogs written before there were several don't.
         catalog.chunks = {cid: c if c.kb == self.name else replace(c, kb=self.name)
                           for cid, c in catalog.chunks.items()}
-        return Snapshot(self.name, catalog, lexical, catalog.retired())
+        retired = catalog.retired()
+        live = [cid for cid in catalog.chunks if cid not in retired]
+        vectors = sentence_vectors = None
+        if 0 < len(live) <= self.exact_max_chunks:
+            vectors = InMemoryVectors.load(self.store, live)
+            if self.sentences is not None:
+                ids = {sentence_id(t) for cid in live for t in provision_sentences(catalog.chunks[cid].body)}
+                sentence_vectors = InMemoryVectors.load(self.sentences, sorted(ids))
+        return Snapshot(self.name, catalog, lexical, retired, vectors, sentence_vectors)
 
     @property
     def catalog(self) -> Catalog:

@@ -200,10 +200,14 @@ class HybridRetriever:
                 # Over-fetch: the store may hold vectors of chunks that are no longer live (see catalog.py), and
                 # holds those of superseded versions, which sit right beside their successors' (capped: a few old
                 # versions is the usual case; past the cap fewer dense hits may come back, never a retired one).
-                fetch = n + 10 + min(len(snap.retired), RETIRED_OVERFETCH)
-                raw = ix.store.query(vector, fetch)
-                if tiered and all(holds[k]):  # a knowledge base mixing both: its domain chunks asked for apart
-                    raw += ix.store.query(vector, fetch, excluding=reference)
+                if snap.vectors is not None:  # a small knowledge base, in memory: exact, and only live chunks
+                    raw = snap.vectors.query(vector, n, snap.vector_domain_rows(reference)
+                                             if tiered and all(holds[k]) else None)
+                else:
+                    fetch = n + 10 + min(len(snap.retired), RETIRED_OVERFETCH)
+                    raw = ix.store.query(vector, fetch)
+                    if tiered and all(holds[k]):  # a knowledge base mixing both: its domain chunks asked for apart
+                        raw += ix.store.query(vector, fetch, excluding=reference)
                 merged += [(sc, cid, snap.catalog.chunks[cid]) for cid, sc in raw
                            if cid in snap.catalog.chunks and cid not in snap.retired]
             merged.sort(key=lambda t: -t[0])  # stable: equal cosines keep the scope's order
@@ -227,7 +231,8 @@ class HybridRetriever:
         fused = prefer_domain(fused, s.reference_categories, s.reference_weight)
         ranked = diversify(fused, s.max_per_source)
         pool = ranked[: max(top_k, s.rerank_pool)]
-        sentences = self._sentence_scores(vector, pool, {ix.name: ix for ix in indexes})
+        sentences = self._sentence_scores(vector, pool, {ix.name: ix for ix in indexes},
+                                           {snap.kb: snap for snap in snaps})
         words = set(self.tokenizer.tokens(query))
         idf, max_idf = _idf(snaps, words)
         if mode == "hybrid" and s.rerank_pool:
@@ -244,18 +249,24 @@ class HybridRetriever:
                           content_words=len(words), sentences=sentences)
 
     def _sentence_scores(self, vector: np.ndarray | None, pool: Sequence[ScoredChunk],
-                         indexes: dict[str, KbIndex]) -> SentenceScores:
-        """Cosine of the query to each sentence of the pool's chunks, from each knowledge base's sentence vectors
-        (a knowledge base without them ranks by fused chunk scores only)."""
+                         indexes: dict[str, KbIndex], snaps: dict[str, Snapshot]) -> SentenceScores:
+        """Cosine of the query to each sentence of the pool's chunks, from each knowledge base's sentence vectors:
+        in memory for a small one, from Chroma for a large one (a knowledge base without them ranks by fused chunk
+        scores only)."""
         if vector is None or not pool:
             return {}
         per_chunk = {h.chunk.id: provision_sentences(h.chunk.body) for h in pool}
         stored: dict[str, np.ndarray] = {}
         for name in dict.fromkeys(h.chunk.kb for h in pool):
-            store = indexes[name].sentences if name in indexes else None
-            if store is not None:
-                ids = {sentence_id(t) for h in pool if h.chunk.kb == name for t in per_chunk[h.chunk.id]}
-                stored.update(store.vectors(sorted(ids)))
+            index = indexes.get(name)
+            if index is None:
+                continue
+            ids = {sentence_id(t) for h in pool if h.chunk.kb == name for t in per_chunk[h.chunk.id]}
+            in_memory = snaps[name].sentence_vectors
+            if in_memory is not None:
+                stored.update(in_memory.get(ids))
+            elif index.sentences is not None:
+                stored.update(index.sentences.vectors(sorted(ids)))
         q = np.asarray(vector, dtype=np.float32)
         q = q / (np.linalg.norm(q) or 1.0)
         out: SentenceScores = {}
