@@ -31,6 +31,7 @@ class CountingEmbedder:
     def __init__(self, inner, fail_after: int | None = None):
         self.inner = inner
         self.name = inner.name
+        self.same_vectors_as = getattr(inner, "same_vectors_as", ())  # the shipped models' embedder check
         self.dim = inner.dim
         self.passages = 0
         self.fail_after = fail_after

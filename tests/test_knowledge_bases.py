@@ -563,8 +563,10 @@ def test_a_scope_of_two_halves_ranks_exactly_as_one_knowledge_base_holding_all(h
         assert [h.chunk.id for h in two.hits] == [h.chunk.id for h in one.hits], question
         for a, b in zip(one.hits, two.hits):
             assert (b.lexical_rank, b.dense_rank) == (a.lexical_rank, a.dense_rank), question
-            # Chroma's cosines are float32: another collection's graph may round the last bit otherwise (6e-8).
-            assert (b.score, b.lexical, b.dense) == pytest.approx((a.score, a.lexical, a.dense), rel=1e-6), question
+            # Cosines are float32: another collection (or matrix) may round the last bit otherwise (6e-8), and the
+            # provision ranker weighs a cosine difference ~40 times, so its score may differ in the sixth digit.
+            assert (b.lexical, b.dense) == pytest.approx((a.lexical, a.dense), rel=1e-6), question
+            assert b.score == pytest.approx(a.score, rel=1e-5), question
             assert b.chunk.kb == ("half1" if b.chunk.source in halves.first else "half2")
             assert a.chunk.kb == "all"
         assert two.evidence.covered == one.evidence.covered, question

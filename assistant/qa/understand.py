@@ -88,7 +88,8 @@ _INTENTS = [
 # ranks higher (qa/retrieve.py rerank).
 INTENT_SIGNS = {
     "duration": re.compile(r"[0-9零〇一二三四五六七八九十百两]+\s*(?:个)?(?:工作日|日|天|个月|月|年|小时|周)|即时|立即"),
-    "amount": re.compile(r"[0-9零〇一二三四五六七八九十百千万]+\s*(?:分之|%|％|人|名|户|元|个|项|岁|周岁|以上|以下)|过半数|半数|分之"),
+    "amount": re.compile(r"[0-9零〇一二三四五六七八九十百千万]+\s*(?:分之|%|％|人|名|户|元|个|项|岁|周岁|以上|以下)|过半数|半数|分之"
+                         r"|不收|免费"),
 }
 
 
@@ -118,16 +119,17 @@ def question_intent(question: str) -> str:
 # A looser reading for what the whole-turn patterns miss ("谢谢你啊小玉，帮了大忙", "小玉你几岁了"): a short turn with
 # one of these cues and nothing the knowledge base speaks of is small talk too. First cue found names the intent.
 _CUES = [
-    ("thanks", re.compile(r"谢|感谢|帮了大忙|帮大忙|辛苦")),
-    ("goodbye", re.compile(r"再见|拜拜|晚安|没有别的问题|没别的问题|没有其他问题|下次再|先这样")),
-    ("identity", re.compile(r"你是|你叫|您是|几岁|多大了|男的|女的|机器人|人工客服|真人|你吃|你住")),
+    ("thanks", re.compile(r"谢|感谢|帮了大忙|帮大忙|辛苦|打扰")),
+    ("goodbye", re.compile(r"再见|拜拜|晚安|没有别的问题|没别的问题|没有其他问题|下次再|先这样|再聊|回聊")),
+    ("identity", re.compile(r"你是|你叫|您是|几岁|多大了|男的|女的|机器人|人工客服|真人|你吃|你住|谁开发|谁做的|哪个单位做|哪家公司做")),
     ("praise", re.compile(r"厉害|聪明|真棒|好棒|太棒|不错嘛|靠谱")),
     ("abilities", re.compile(r"你会|你能|问你|能问|可以问|帮我做|怎么用你")),
     ("greeting", re.compile(r"你好|您好|小玉|在吗|在不在|有人吗|早上好|晚上好|下午好|快乐|愉快|咨询一下|想问一下|想咨询")),
     ("ack", re.compile(r"懂了|知道了|知道啦|明白|好嘞|好哒|收到|了解")),
 ]
 # Words of chit-chat that the corpus happens to contain too; they do not make a turn a question.
-_CHAT_WORDS = frozenset("问题 咨询 一下 今天 心情 不错 帮忙 大忙 别的 其他 名字 人工 客服 时候 东西 小玉 真好 一点".split())
+_CHAT_WORDS = frozenset("问题 咨询 一下 今天 心情 不错 帮忙 大忙 别的 其他 名字 人工 客服 时候 东西 小玉 真好 一点 单位 公司 下次 打扰"
+                        " 不好意思 不好 开发".split())
 
 
 class Vocabulary:
