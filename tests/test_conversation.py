@@ -59,3 +59,19 @@ def test_a_list_lead_in_is_never_the_whole_opening(module_services):
     for question in ("哪些情况人民法院不予确认调解协议", "业主大会决定哪些事项", "党员有哪些权利"):
         opening = module_services.chat.ask(question).text.split("【", 1)[0]
         assert not opening.rstrip("。").endswith(("：", ":")), opening
+
+
+def test_a_second_refusal_in_a_conversation_is_short_and_says_where_to_ask(module_services):
+    first, second = _turns(module_services, "明天昆山会下雨吗", "昆山房价现在多少一平")
+    assert first.kind is second.kind is AnswerKind.REFUSED
+    assert first.text.split("。")[0] != second.text.split("。")[0]
+    assert len(second.text) < len(first.text) and "咨询" in second.text
+
+
+def test_a_follow_up_whose_one_close_article_was_the_last_opening_opens_elsewhere(module_services):
+    """"有没有时间限制？" after the question 第十条 answers: its one sentence opened the first answer, so the second
+    opens with the next hit's sentence rather than the same words again."""
+    answers = _turns(module_services, "别人家的调解协议侵害了我的权益，法院还给确认了，我能怎么办？", "有没有时间限制？",
+                     "这个要交钱吗")
+    openings = [a.text.split("【1】")[0] for a in answers if a.kind is AnswerKind.ANSWERED]
+    assert len(openings) >= 2 and len(set(openings)) == len(openings), openings

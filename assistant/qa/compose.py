@@ -38,11 +38,19 @@ def label(hit_or_citation) -> str:
     return f"《{hit_or_citation.title}》{leaf}" if leaf else f"《{hit_or_citation.title}》"
 
 
-def refusal_text(contact: str, injection: bool = False) -> str:
+REFUSAL_OPENING = "抱歉，我在已收录的政策文件中没有找到能回答这个问题的依据。"
+REFUSAL_AGAIN = "这个问题也不在我已收录的政策文件范围内，我不作猜测。"
+
+
+def refusal_text(contact: str, injection: bool = False, again: bool = False) -> str:
+    """`again`: the conversation already had a refusal. Saying the same 90 characters twice reads like a machine
+    stuck in a loop; the second one is short, and names the contact (what the resident needs) at once."""
+    if again and not injection:
+        return f"{REFUSAL_AGAIN}建议您咨询{contact}，会有工作人员为您解答。"
     opening = (
         "抱歉，这个请求我无法处理。我只根据已收录的政策文件回答问题，不会改变这一规则。"
         if injection
-        else "抱歉，我在已收录的政策文件中没有找到能回答这个问题的依据。为了不误导您，我不作猜测。"
+        else f"{REFUSAL_OPENING}为了不误导您，我不作猜测。"
     )
     return (
         f"{opening}\n\n"
@@ -87,7 +95,7 @@ class Answerer(Protocol):
     """ExtractiveAnswerer (default) and llm.LLMAnswerer. `deadline` is a time.monotonic() value: the LLM falls
     back to the extractive answer when it would pass it."""
 
-    def refuse(self, query: str = "", injection: bool = False) -> Answer: ...
+    def refuse(self, query: str = "", injection: bool = False, again: bool = False) -> Answer: ...
 
     def answer(self, retrieval: Retrieval, deadline: float | None = None, plan: TurnPlan | None = None) -> Answer: ...
 
@@ -118,8 +126,9 @@ class ExtractiveAnswerer:
         self.tokenizer = tokenizer
         self.contact = contact
 
-    def refuse(self, query: str = "", injection: bool = False) -> Answer:
-        return Answer(refusal_text(self.contact, injection), (), AnswerKind.REFUSED, query, ComposeMode.TEMPLATE)
+    def refuse(self, query: str = "", injection: bool = False, again: bool = False) -> Answer:
+        return Answer(refusal_text(self.contact, injection, again), (), AnswerKind.REFUSED, query,
+                      ComposeMode.TEMPLATE)
 
     def select(self, retrieval: Retrieval, intent: str = "") -> list[ScoredChunk]:
         """The top provision, plus runners-up that score close to it: where the opening may come from. A question
@@ -200,11 +209,16 @@ class ExtractiveAnswerer:
 
     def answer(self, retrieval: Retrieval, deadline: float | None = None, plan: TurnPlan | None = None) -> Answer:
         if not retrieval.evidence.covered:
-            return self.refuse(retrieval.query)
+            return self.refuse(retrieval.query, again=refused_before(plan))
         intent = plan.intent if plan else ""
         close = self.select(retrieval, intent)
         avoid = [_opening(t.content) for t in (plan.history if plan else ()) if t.role == "assistant"]
         ranked = self.ranked(retrieval.query, close, intent, avoid, retrieval.sentences)
+        if not ranked and len(close) < len(retrieval.hits):
+            # Every sentence of the close provisions was an earlier opening ("有没有时间限制？" after the question
+            # its one article answered): the next hits may say more, and an answer never opens as the last did.
+            close = list(retrieval.hits)
+            ranked = self.ranked(retrieval.query, close, intent, avoid, retrieval.sentences)
         if not ranked:  # every sentence was an earlier opening: say the top provision's first words again
             ranked = [(0.0, 0, provision_text(close[0].chunk.body)[:MAX_OPENING])]
         top_score, at, opening = ranked[0]
@@ -235,6 +249,12 @@ class ExtractiveAnswerer:
                 if step not in opening:
                     return f"下一步：{step}。"
         return f"如需进一步帮助，可以咨询{self.contact}。"
+
+
+def refused_before(plan: TurnPlan | None) -> bool:
+    """Did an earlier answer of this conversation refuse (either refusal's opening)?"""
+    return any(t.role == "assistant" and t.content.startswith((REFUSAL_OPENING, REFUSAL_AGAIN))
+               for t in (plan.history if plan else ()))
 
 
 def _expand_list(sentences: list[str], i: int) -> tuple[str, bool]:
