@@ -19,7 +19,8 @@ KB = ROOT / "knowledge_base"
 SETS = ROOT / "evals" / "sets"
 
 SINGLE_FILES = ("dev.jsonl", "test.jsonl", "dev_more.jsonl", "test_more.jsonl")
-CONV_FILES = ("dev_conversations.jsonl", "test_conversations.jsonl")
+CONV_FILES = ("dev_conversations.jsonl", "test_conversations.jsonl", "dev_conversations_more.jsonl",
+              "test_conversations_more.jsonl")
 CATEGORIES = {"党建", "物业", "调解", "无关", "闲聊"}
 ANSWERABLE_CATEGORIES = {"党建", "物业", "调解"}
 
@@ -130,7 +131,8 @@ def test_answerability_matches_category():
 
 def test_ids_carry_their_file_prefix_and_never_repeat():
     prefixes = {"dev.jsonl": "d-", "test.jsonl": "t-", "dev_conversations.jsonl": "dc-", "test_conversations.jsonl": "tc-",
-                "dev_more.jsonl": "dm-", "test_more.jsonl": "tm-"}
+                "dev_more.jsonl": "dm-", "test_more.jsonl": "tm-", "dev_conversations_more.jsonl": "dcm-",
+                "test_conversations_more.jsonl": "tcm-"}
     seen = Counter()
     for name, prefix in prefixes.items():
         for row in _load(name):
