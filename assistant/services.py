@@ -146,7 +146,7 @@ class ChatService:
                  mode: Mode = "hybrid", knowledge_bases: Sequence[str] | None = None) -> Retrieval:
         """What chat would retrieve for this turn, with its evidence decision (/api/retrieve, evals)."""
         scope = self.scope(knowledge_bases)
-        return self._pipeline.retrieve(self._pipeline.plan(question, history), top_k, mode, scope)
+        return self._pipeline.resolve(self._pipeline.plan(question, history), top_k, mode, scope)[1]
 
     def record_pools(self, recorder) -> None:
         """Calibration only (`xiaoyu calibrate --ranker`): every retrieval pool goes to `recorder` (its rerank()

@@ -75,3 +75,18 @@ def test_a_follow_up_whose_one_close_article_was_the_last_opening_opens_elsewher
                      "这个要交钱吗")
     openings = [a.text.split("【1】")[0] for a in answers if a.kind is AnswerKind.ANSWERED]
     assert len(openings) >= 2 and len(set(openings)) == len(openings), openings
+
+
+def test_a_short_turn_not_covered_alone_is_retried_with_the_conversation(module_services):
+    """"签完去哪里备案？" names a word of its own (备案), so it is judged alone first; alone it is not answerable, and
+    the conversation (a 物业服务合同 question) says what it is about (qa/pipeline.py resolve)."""
+    assert module_services.chat.ask("签完去哪里备案？").refused
+    _, second = _turns(module_services, "物业跟我们只是口头说好了服务内容，没签合同，这样行吗", "签完去哪里备案？")
+    assert second.kind is AnswerKind.ANSWERED and "备案" in second.text.split("相关条文")[0]
+    assert "签完去哪里备案" in second.query and "物业" in second.query
+
+
+def test_a_short_off_topic_turn_is_not_glued_onto_the_conversation_by_the_retry(module_services):
+    for turn in ("小区超市几点关门", "明天昆山下雨吗"):
+        _, off = _turns(module_services, "物业服务合同到期了怎么续签", turn)
+        assert off.kind is AnswerKind.REFUSED, turn

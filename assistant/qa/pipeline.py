@@ -19,7 +19,7 @@ from assistant.config import RetrievalSettings
 from assistant.qa.compose import Answerer, answer_events, smalltalk_answer
 from assistant.qa.evidence import AnswerabilityModel, judge
 from assistant.qa.retrieve import HybridRetriever, Mode
-from assistant.qa.understand import Understander
+from assistant.qa.understand import Understander, asked_datum
 from assistant.types import Answer, EventType, Evidence, Retrieval, StreamEvent, Turn, TurnKind, TurnPlan
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 
 _NO_EVIDENCE = (TurnKind.SMALLTALK, TurnKind.INJECTION)
+MAX_LEANING_CHARS = 12  # a turn judged alone gets a second chance with the history up to this length (resolve)
 
 
 class PinnedAnswers(Protocol):
@@ -76,6 +77,31 @@ class QuestionPipeline:
         return Retrieval(plan.query, found.hits, judge(found, self.settings, self.answerability, plan),
                          found.sentences)
 
+    def resolve(self, plan: TurnPlan, top_k: int | None = None, mode: Mode = "hybrid",
+                scope: Sequence[str] | None = None) -> tuple[TurnPlan, Retrieval]:
+        """retrieve(), and a second chance with the history for a short turn judged alone that the scope does not
+        cover: "签完去哪里备案？" or "张罗开会的钱谁掏" name a word of their own (备案, 开会), so the rules judge them
+        alone, but alone they are not answerable and the conversation says what they are about. The retry is kept
+        only when it is covered and its top hits hold one of the turn's own words; a turn naming an uncovered topic
+        or asking for a price, time or phone number (明天下雨吗, 超市几点关门) is never glued onto the history."""
+        retrieval = self.retrieve(plan, top_k, mode, scope)
+        if retrieval.evidence.covered or not self._may_lean(plan):
+            return plan, retrieval
+        query = self.understander.condenser.condense(plan.question, plan.history, force=True)
+        if query == plan.query:
+            return plan, retrieval
+        leaning = dataclasses.replace(plan, kind=TurnKind.FOLLOW_UP, query=query, condensed_by="rules-retry")
+        second = self.retrieve(leaning, top_k, mode, scope)
+        own = [w for w in self.retriever.tokenizer.tokens(plan.question) if len(w) >= 2]
+        if second.evidence.covered and any(w in h.chunk.body for h in second.hits[:3] for w in own):
+            return leaning, second
+        return plan, retrieval
+
+    @staticmethod
+    def _may_lean(plan: TurnPlan) -> bool:
+        return (plan.kind is TurnKind.QUESTION and bool(plan.history) and not plan.off_topic
+                and len(plan.question) <= MAX_LEANING_CHARS and not asked_datum(plan.question))
+
     def pinned(self, plan: TurnPlan, scope: Sequence[str] | None = None) -> Answer | None:
         """A staff pin's answer for this turn: matched on the resident's own words, not on a condensed query (a
         follow-up "那要多久？" must not inherit the pin its topic would match), and only a pin citing a knowledge base
@@ -102,14 +128,16 @@ class QuestionPipeline:
             # Nothing retrieved; the log's evidence says that a staff pin answered.
             evidence = Evidence(True, "；".join(pinned.notes))
             return plan, Retrieval(plan.query, (), evidence), answer_events(pinned)
-        retrieval = None if plan.kind in _NO_EVIDENCE else self.retrieve(plan, scope=scope)
+        retrieval = None
+        if plan.kind not in _NO_EVIDENCE:
+            plan, retrieval = self.resolve(plan, scope=scope)
         return plan, retrieval, self.compose(plan, retrieval, deadline)
 
     def explain(self, question: str, history: Sequence[Turn] = (), top_k: int | None = None,
                 mode: Mode = "hybrid", scope: Sequence[str] | None = None) -> Explanation:
         """The hit test: the same plan and answer as chat, plus what retrieval found even where chat needs none."""
         plan = self.plan(question, history)
-        retrieval = self.retrieve(plan, top_k, mode, scope)
+        plan, retrieval = self.resolve(plan, top_k, mode, scope)
         pinned = self.pinned(plan, scope)
         events = answer_events(pinned) if pinned else self.compose(plan, None if plan.kind in _NO_EVIDENCE else retrieval)
         answer = next(e.answer for e in events if e.type is EventType.DONE)

@@ -213,10 +213,11 @@ class Condenser:
             question = question.replace(term, " ")
         return question
 
-    def condense(self, question: str, history: Sequence[Turn]) -> str:
-        """Prefix the resident's earlier question(s) when the new one leans on them; otherwise keep it as is."""
+    def condense(self, question: str, history: Sequence[Turn], force: bool = False) -> str:
+        """Prefix the resident's earlier question(s) when the new one leans on them (or, `force`, whenever there
+        are any: qa/pipeline.py resolve's second chance); otherwise keep it as is."""
         question = question.strip()
-        if not history or not self.needs_context(question):
+        if not history or not (force or self.needs_context(question)):
             return question
         recent = history[-2 * self.max_turns :]
         # "谢谢" or "你好" between two questions names no topic: the question before it does.
