@@ -25,6 +25,22 @@ def test_a_chain_of_follow_ups_keeps_the_original_topic():
     assert CONDENSER.condense("能延长吗？", history) == "调解协议怎么申请司法确认？ 要多久？ 能延长吗？"
 
 
+def test_a_turn_opening_with_zhe_points_back_unless_it_only_names_a_time():
+    history = [Turn("user", "楼顶防水要大修，维修资金怎么用？"), Turn("assistant", "……")]
+    assert CONDENSER.condense("这钱最后怎么摊", history) == "楼顶防水要大修，维修资金怎么用？ 这钱最后怎么摊"
+    condenser = Condenser({"小区", "业主委员会"})  # 小区: a word of its own, so only a leaning opener would condense
+    assert condenser.condense("这周六小区停水吗", history) == "这周六小区停水吗"
+    assert condenser.condense("这事小区能管吗", history) == "楼顶防水要大修，维修资金怎么用？ 这事小区能管吗"
+
+
+def test_a_short_earlier_turn_carries_its_own_predecessor_along():
+    """"张罗开会的钱谁掏" has a word of its own, so it was not condensed; "那要多久？" after it still needs the topic it
+    leaned on (业主大会)."""
+    history = [Turn("user", "业主大会第一次开会谁来组织？"), Turn("assistant", "……"),
+               Turn("user", "张罗开会的钱谁掏"), Turn("assistant", "……")]
+    assert CONDENSER.condense("那要多久？", history) == "业主大会第一次开会谁来组织？ 张罗开会的钱谁掏 那要多久？"
+
+
 def test_follow_up_through_the_service_retrieves_the_right_article(kb_services):
     alone = kb_services.chat.retrieve("要多久？")
     followed = kb_services.chat.retrieve("要多久？", SJQR)

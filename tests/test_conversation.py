@@ -61,11 +61,11 @@ def test_a_list_lead_in_is_never_the_whole_opening(module_services):
         assert not opening.rstrip("。").endswith(("：", ":")), opening
 
 
-def test_a_second_refusal_in_a_conversation_is_short_and_says_where_to_ask(module_services):
-    first, second = _turns(module_services, "明天昆山会下雨吗", "昆山房价现在多少一平")
-    assert first.kind is second.kind is AnswerKind.REFUSED
-    assert first.text.split("。")[0] != second.text.split("。")[0]
-    assert len(second.text) < len(first.text) and "咨询" in second.text
+def test_later_refusals_in_a_conversation_are_short_worded_anew_and_say_where_to_ask(module_services):
+    answers = _turns(module_services, "明天昆山会下雨吗", "昆山房价现在多少一平", "最近买什么股票好", "附近哪家火锅好吃")
+    assert all(a.kind is AnswerKind.REFUSED for a in answers)
+    assert len({a.text.split("。")[0] for a in answers}) == 4
+    assert all(len(a.text) < len(answers[0].text) and "咨询" in a.text for a in answers[1:])
 
 
 def test_a_follow_up_whose_one_close_article_was_the_last_opening_opens_elsewhere(module_services):

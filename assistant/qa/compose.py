@@ -39,14 +39,15 @@ def label(hit_or_citation) -> str:
 
 
 REFUSAL_OPENING = "抱歉，我在已收录的政策文件中没有找到能回答这个问题的依据。"
-REFUSAL_AGAIN = "这个问题也不在我已收录的政策文件范围内，我不作猜测。"
+REFUSAL_AGAIN = ("这个问题也不在我已收录的政策文件范围内，我不作猜测。", "已收录的政策文件里同样没有这方面的依据，我就不猜了。",
+                 "这一问我也查不到政策依据，为免误导，不作回答。")
 
 
-def refusal_text(contact: str, injection: bool = False, again: bool = False) -> str:
-    """`again`: the conversation already had a refusal. Saying the same 90 characters twice reads like a machine
-    stuck in a loop; the second one is short, and names the contact (what the resident needs) at once."""
+def refusal_text(contact: str, injection: bool = False, again: int = 0) -> str:
+    """`again`: how many refusals the conversation already had. Saying the same 90 characters twice reads like a
+    machine stuck in a loop; a later one is short, worded anew, and names the contact (what the resident needs)."""
     if again and not injection:
-        return f"{REFUSAL_AGAIN}建议您咨询{contact}，会有工作人员为您解答。"
+        return f"{REFUSAL_AGAIN[(again - 1) % len(REFUSAL_AGAIN)]}建议您咨询{contact}，会有工作人员为您解答。"
     opening = (
         "抱歉，这个请求我无法处理。我只根据已收录的政策文件回答问题，不会改变这一规则。"
         if injection
@@ -95,7 +96,7 @@ class Answerer(Protocol):
     """ExtractiveAnswerer (default) and llm.LLMAnswerer. `deadline` is a time.monotonic() value: the LLM falls
     back to the extractive answer when it would pass it."""
 
-    def refuse(self, query: str = "", injection: bool = False, again: bool = False) -> Answer: ...
+    def refuse(self, query: str = "", injection: bool = False, again: int = 0) -> Answer: ...
 
     def answer(self, retrieval: Retrieval, deadline: float | None = None, plan: TurnPlan | None = None) -> Answer: ...
 
@@ -126,7 +127,7 @@ class ExtractiveAnswerer:
         self.tokenizer = tokenizer
         self.contact = contact
 
-    def refuse(self, query: str = "", injection: bool = False, again: bool = False) -> Answer:
+    def refuse(self, query: str = "", injection: bool = False, again: int = 0) -> Answer:
         return Answer(refusal_text(self.contact, injection, again), (), AnswerKind.REFUSED, query,
                       ComposeMode.TEMPLATE)
 
@@ -209,7 +210,7 @@ class ExtractiveAnswerer:
 
     def answer(self, retrieval: Retrieval, deadline: float | None = None, plan: TurnPlan | None = None) -> Answer:
         if not retrieval.evidence.covered:
-            return self.refuse(retrieval.query, again=refused_before(plan))
+            return self.refuse(retrieval.query, again=refusals_before(plan))
         intent = plan.intent if plan else ""
         close = self.select(retrieval, intent)
         avoid = [_opening(t.content) for t in (plan.history if plan else ()) if t.role == "assistant"]
@@ -251,9 +252,9 @@ class ExtractiveAnswerer:
         return f"如需进一步帮助，可以咨询{self.contact}。"
 
 
-def refused_before(plan: TurnPlan | None) -> bool:
-    """Did an earlier answer of this conversation refuse (either refusal's opening)?"""
-    return any(t.role == "assistant" and t.content.startswith((REFUSAL_OPENING, REFUSAL_AGAIN))
+def refusals_before(plan: TurnPlan | None) -> int:
+    """How many earlier answers of this conversation refused (any refusal's opening)."""
+    return sum(t.role == "assistant" and t.content.startswith((REFUSAL_OPENING, *REFUSAL_AGAIN))
                for t in (plan.history if plan else ()))
 
 

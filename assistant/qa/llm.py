@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from assistant.config import LLMSettings
-from assistant.qa.compose import ExtractiveAnswerer, answer_events, refused_before
+from assistant.qa.compose import ExtractiveAnswerer, answer_events, refusals_before
 from assistant.qa.understand import Condenser
 from assistant.qa.verify import SentenceBuffer, SupportVerifier, attach, bigrams
 from assistant.types import (
@@ -168,7 +168,7 @@ class LLMAnswerer:
         self.verifier = verifier
         self.settings = settings
 
-    def refuse(self, query: str = "", injection: bool = False, again: bool = False) -> Answer:
+    def refuse(self, query: str = "", injection: bool = False, again: int = 0) -> Answer:
         return self.fallback.refuse(query, injection, again)
 
     def answer(self, retrieval: Retrieval, deadline: float | None = None, plan: TurnPlan | None = None) -> Answer:
@@ -185,7 +185,7 @@ class LLMAnswerer:
         list so far, final numbering), then that sentence as a delta; done at the end."""
         if not retrieval.evidence.covered:
             # Retrieval found nothing to ground an answer in: refusing needs no model.
-            yield from answer_events(self.fallback.refuse(retrieval.query, again=refused_before(plan)))
+            yield from answer_events(self.fallback.refuse(retrieval.query, again=refusals_before(plan)))
             return
         deadline = deadline if deadline is not None else time.monotonic() + self.settings.timeout
         hits = retrieval.hits[: self.settings.max_sources]

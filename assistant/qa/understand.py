@@ -163,7 +163,9 @@ def read_terms(path: Path | None) -> list[str]:
 
 # Openers and pronouns that lean on the previous turn ("那党龄从什么时候算？", "这个要多久？").
 _LEANS_ON_CONTEXT = re.compile(
-    r"^(那|那么|那如果|那要是|还有|另外|然后|此外|如果|要是|假如|万一|这个|那个|这种|那种|这样|它|他们|她们|其|该|上述|同样|也)"
+    r"^(那|那么|那如果|那要是|还有|另外|然后|此外|如果|要是|假如|万一|它|他们|她们|其|该|上述|同样|也)"
+    # "这钱/这事/这房子" points back; "这周/这个月" only names a time ("这周六小区停水吗" has a topic of its own).
+    r"|^这(?!周|个月|两天|几天|段时间|会儿|礼拜|星期|学期|年)"
     r"|这个|那个|这种|那种|上面|刚才|前面|它|他们|她们|这些|那些|该条|这条|那条|^(呢|吗)"
 )
 # Lone surrogates (JSON lets a client send "\ud800", which no encoder or SQLite can write) and control characters
@@ -228,7 +230,8 @@ class Condenser:
             earlier = [re.split(r"[。！？\n]", recent[-1].content.strip(), maxsplit=1)[0][:60]]
         # The latest user question carries the topic; one more earlier question helps a chain of follow-ups.
         context = earlier[-1]
-        if self.needs_context(context) and len(earlier) > 1:
+        # A short earlier turn most likely leaned on the one before it too ("张罗开会的钱谁掏" after 业主大会).
+        if (self.needs_context(context) or len(context) <= _SHORT) and len(earlier) > 1:
             context = f"{earlier[-2]} {context}"
         return f"{context} {question}"
 
