@@ -263,22 +263,20 @@ class Settings(BaseSettings):
         return self.knowledge_base / "out_of_scope.tsv"
 
     def answerability_path(self) -> Path | None:
-        configured = self.retrieval.answerability_model.strip()
-        if configured.lower() == "off":
-            return None
-        if configured:
-            return Path(configured)
-        fitted = self.data_dir / "answerability.json"
-        return fitted if fitted.is_file() else SHIPPED_ANSWERABILITY
+        return self._fitted(self.retrieval.answerability_model, "answerability.json", SHIPPED_ANSWERABILITY)
 
     def ranker_path(self) -> Path | None:
-        configured = self.retrieval.ranker_model.strip()
+        return self._fitted(self.retrieval.ranker_model, "ranker.json", SHIPPED_RANKER)
+
+    def _fitted(self, configured: str, name: str, shipped: Path) -> Path | None:
+        """A fitted model's file: "off" none, a configured path, else staff's fit in the data dir, else the shipped."""
+        configured = configured.strip()
         if configured.lower() == "off":
             return None
         if configured:
             return Path(configured)
-        fitted = self.data_dir / "ranker.json"
-        return fitted if fitted.is_file() else SHIPPED_RANKER
+        fitted = self.data_dir / name
+        return fitted if fitted.is_file() else shipped
 
 
 @lru_cache(maxsize=1)

@@ -715,29 +715,26 @@ def build_embedder(settings: Settings) -> Embedder:
 def load_answerability(settings: Settings, embedder: Embedder) -> AnswerabilityModel | None:
     """The configured answerability model, if it was fitted for this embedder: dense similarities of another model
     live on another scale, so its weights would mean nothing there (the thresholds decide instead)."""
-    path = settings.answerability_path()
-    if path is None or not path.is_file():
-        return None
-    model = AnswerabilityModel.load(path)
-    if model.embedder and model.embedder not in (embedder.name, *getattr(embedder, "same_vectors_as", ())):
-        log.warning("answerability model %s was fitted for %s, not %s: using the thresholds; refit with "
-                    "`xiaoyu calibrate --answerability`", path, model.embedder, embedder.name)
-        return None
-    return model
+    return _fitted_for(embedder, settings.answerability_path(), AnswerabilityModel.load, "answerability model",
+                       "the thresholds", "--answerability")
 
 
 def load_ranker(settings: Settings, embedder: Embedder) -> ArticleRanker | None:
     """The configured provision ranker, if it was fitted for this embedder (its dense and sentence features are
     cosines on that embedder's scale); else None, and the fixed rerank ranks."""
-    path = settings.ranker_path()
+    return _fitted_for(embedder, settings.ranker_path(), ArticleRanker.load, "provision ranker", "the fixed rerank",
+                       "--ranker")
+
+
+def _fitted_for(embedder: Embedder, path: Path | None, load, what: str, instead: str, flag: str):
     if path is None or not path.is_file():
         return None
-    ranker = ArticleRanker.load(path)
-    if ranker.embedder and ranker.embedder not in (embedder.name, *getattr(embedder, "same_vectors_as", ())):
-        log.warning("provision ranker %s was fitted for %s, not %s: using the fixed rerank; refit with "
-                    "`xiaoyu calibrate --ranker`", path, ranker.embedder, embedder.name)
+    model = load(path)
+    if model.embedder and model.embedder not in (embedder.name, *getattr(embedder, "same_vectors_as", ())):
+        log.warning("%s %s was fitted for %s, not %s: using %s; refit with `xiaoyu calibrate %s`", what, path,
+                    model.embedder, embedder.name, instead, flag)
         return None
-    return ranker
+    return model
 
 
 def _state_stores(settings: Settings, clock: Callable[[], float]) -> tuple[Sessions, Questions, Requests]:

@@ -197,13 +197,13 @@ class HybridRetriever:
             for k, (ix, snap) in enumerate(zip(indexes, snaps)):
                 if not snap.catalog.chunks:
                     continue
-                # Over-fetch: the store may hold vectors of chunks that are no longer live (see catalog.py), and
-                # holds those of superseded versions, which sit right beside their successors' (capped: a few old
-                # versions is the usual case; past the cap fewer dense hits may come back, never a retired one).
                 if snap.vectors is not None:  # a small knowledge base, in memory: exact, and only live chunks
                     raw = snap.vectors.query(vector, n, snap.vector_domain_rows(reference)
                                              if tiered and all(holds[k]) else None)
                 else:
+                    # Over-fetch: the store may hold vectors of chunks that are no longer live (see catalog.py), and
+                    # holds those of superseded versions, which sit right beside their successors' (capped: a few
+                    # old versions is the usual case; past the cap fewer dense hits may come back, never a retired).
                     fetch = n + 10 + min(len(snap.retired), RETIRED_OVERFETCH)
                     raw = ix.store.query(vector, fetch)
                     if tiered and all(holds[k]):  # a knowledge base mixing both: its domain chunks asked for apart
