@@ -23,7 +23,7 @@ FEATURES = ("dense_top", "dense_gap", "coverage", "unknown", "lexical_top", "agr
             "missing_datum")
 _LABELS = {"dense_top": "语义相似度", "dense_gap": "语义领先幅度", "coverage": "关键词覆盖", "unknown": "知识库未见的词",
            "lexical_top": "词法匹配", "agreement": "两路检索一致", "off_topic": "知识库外的话题",
-           "sentence_top": "最接近的句子", "missing_datum": "问的价格/时间/地址条文里没有"}
+           "sentence_top": "最接近的句子", "missing_datum": "所问的价格、时间或联系方式依据里没有"}
 
 
 @dataclass(frozen=True)
