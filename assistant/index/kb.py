@@ -94,11 +94,13 @@ class Snapshot:
     def _domain_of(self, reference: Sequence[str]) -> tuple[np.ndarray, bool, bool]:
         key = tuple(sorted(reference))
         if key not in self._domain:
-            chunks, demoted = self.catalog.chunks, set(key)
-            mask = np.fromiter((chunks[cid].category not in demoted for cid in self.lexical.ids), dtype=bool,
-                               count=self.lexical.n)
+            mask = self._domain_mask(self.lexical.ids, reference)
             self._domain[key] = (mask, bool(mask.any()), not bool(mask.all()))
         return self._domain[key]
+
+    def _domain_mask(self, ids: Sequence[str], reference: Sequence[str]) -> np.ndarray:
+        chunks, demoted = self.catalog.chunks, set(reference)
+        return np.fromiter((chunks[cid].category not in demoted for cid in ids), dtype=bool, count=len(ids))
 
     def vector_domain_rows(self, reference: Sequence[str]) -> np.ndarray | None:
         """domain_rows() for the in-memory vectors' rows; None without them. Once per generation, never per query."""
@@ -106,9 +108,7 @@ class Snapshot:
             return None
         key = ("vectors", *sorted(reference))
         if key not in self._domain:
-            chunks, demoted = self.catalog.chunks, set(reference)
-            self._domain[key] = np.fromiter((chunks[cid].category not in demoted for cid in self.vectors.ids),
-                                            dtype=bool, count=len(self.vectors))
+            self._domain[key] = self._domain_mask(self.vectors.ids, reference)
         return self._domain[key]
 
 

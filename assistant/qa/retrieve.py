@@ -231,13 +231,12 @@ class HybridRetriever:
         fused = prefer_domain(fused, s.reference_categories, s.reference_weight)
         ranked = diversify(fused, s.max_per_source)
         pool = ranked[: max(top_k, s.rerank_pool)]
-        sentences = self._sentence_scores(vector, pool, {ix.name: ix for ix in indexes},
-                                           {snap.kb: snap for snap in snaps})
+        by_kb = {snap.kb: snap for snap in snaps}
+        sentences = self._sentence_scores(vector, pool, {ix.name: ix for ix in indexes}, by_kb)
         words = set(self.tokenizer.tokens(query))
-        idf, max_idf = _idf(snaps, words)
+        idf, unseen = _idf(snaps, words)
         if mode == "hybrid" and s.rerank_pool:
             if self.ranker is not None:
-                by_kb = {snap.kb: snap for snap in snaps}
                 rows = rank_features(pool, sentences, intent, idf, lambda h: _terms(by_kb, h))
                 # The model was fitted on the community's documents alone: the domain preference applies to its
                 # scores too, or a law with one close sentence outranks the community's rule again.
@@ -245,7 +244,7 @@ class HybridRetriever:
             else:
                 pool = rerank(pool, sentences, intent, s.sentence_weight, s.intent_weight)
         hits = tuple(pool[:top_k])
-        return Candidates(query, hits, lexical, dense, *self._coverage(snaps, idf, max_idf, hits),
+        return Candidates(query, hits, lexical, dense, *_coverage(by_kb, idf, unseen, hits),
                           content_words=len(words), sentences=sentences)
 
     def _sentence_scores(self, vector: np.ndarray | None, pool: Sequence[ScoredChunk],
@@ -279,32 +278,31 @@ class HybridRetriever:
             out[cid] = tuple(scored)
         return out
 
-    @staticmethod
-    def _coverage(snaps: Sequence[Snapshot], idf: dict[str, float], max_idf: float,
-                  hits: Sequence[ScoredChunk]) -> tuple[float, float]:
-        """(share found in the top hits, share found nowhere in the scope), weighted by idf (_idf)."""
-        by_kb = {snap.kb: snap for snap in snaps}
-        near: frozenset[str] = frozenset()
-        for h in hits[:3]:
-            near |= _terms(by_kb, h)
-        total = sum(idf.values())
-        if not total:
-            return 0.0, 0.0
-        found = sum(w for t, w in idf.items() if t in near) / total
-        unseen = sum(max_idf for w in idf if not any(snap.lexical.doc_freq(w) for snap in snaps))
-        return found, unseen / total
+def _coverage(by_kb: dict[str, Snapshot], idf: dict[str, float], unseen: frozenset[str],
+              hits: Sequence[ScoredChunk]) -> tuple[float, float]:
+    """(share found in the top hits, share found nowhere in the scope), weighted by idf (_idf)."""
+    near: frozenset[str] = frozenset()
+    for h in hits[:3]:
+        near |= _terms(by_kb, h)
+    total = sum(idf.values())
+    if not total:
+        return 0.0, 0.0
+    found = sum(w for t, w in idf.items() if t in near) / total
+    return found, sum(idf[w] for w in unseen) / total
 
 
-def _idf(snaps: Sequence[Snapshot], words: set[str]) -> tuple[dict[str, float], float]:
-    """Each query word's idf over the scope's live chunks, and the idf of a word no chunk holds: "红烧肉" (unseen)
-    weighs more than "怎么" or "小区". Read from BM25's postings, nothing re-tokenized."""
+def _idf(snaps: Sequence[Snapshot], words: set[str]) -> tuple[dict[str, float], frozenset[str]]:
+    """Each query word's idf over the scope's live chunks, and the words no chunk holds, which get the largest idf:
+    "红烧肉" (unseen) weighs more than "怎么" or "小区". Read from BM25's postings, nothing re-tokenized."""
     n = sum(snap.lexical.n for snap in snaps)
     max_idf = math.log(1 + n)
-    idf = {}
+    idf, unseen = {}, set()
     for w in words:
         df = sum(snap.lexical.doc_freq(w) for snap in snaps)
         idf[w] = math.log(1 + n / (1 + df)) if df else max_idf
-    return idf, max_idf
+        if not df:
+            unseen.add(w)
+    return idf, frozenset(unseen)
 
 
 def _terms(by_kb: dict[str, Snapshot], hit: ScoredChunk) -> frozenset[str]:
