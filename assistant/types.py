@@ -175,6 +175,21 @@ class TurnPlan:
     # questions: duration | where | amount | materials | permission | how | "" (see qa/understand.py)
     intent: str = ""
     off_topic: tuple[str, ...] = ()  # terms naming topics the knowledge base does not cover (房价, 天气 …)
+    # The provisions the assistant's last answer cited (provision_label): a follow-up most often stays with them.
+    cited_before: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """What a follow-up continues, for retrieval: the turn's own words ("他们靠什么来调") and the provisions the
+    answer it follows on cited (provision_label)."""
+
+    question: str
+    cited: tuple[str, ...]
+
+    def documents(self) -> frozenset[str]:
+        """The cited provisions' documents: "《人民调解法》第七条" → "《人民调解法》"."""
+        return frozenset(c.split("》", 1)[0] + "》" for c in self.cited)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,3 +216,9 @@ class StreamEvent:
     text: str = ""
     citations: tuple[Citation, ...] = ()
     answer: Answer | None = None
+
+
+def provision_label(title: str, section: str) -> str:
+    """《物业管理条例》第四十一条: how a provision is named to residents, and found again in an earlier answer."""
+    leaf = section.rsplit(" > ", 1)[-1] if section else ""
+    return f"《{title}》{leaf}" if leaf else f"《{title}》"

@@ -41,6 +41,17 @@ def test_a_short_earlier_turn_carries_its_own_predecessor_along():
     assert CONDENSER.condense("那要多久？", history) == "业主大会第一次开会谁来组织？ 张罗开会的钱谁掏 那要多久？"
 
 
+def test_a_question_the_assistant_refused_is_not_the_topic_of_the_next_follow_up():
+    # "谁来牵头张罗" was refused; "那要多久？" asks about the 业主大会 of the turn before it, which was answered.
+    history = [Turn("user", "还没开过业主大会，什么时候该开第一次"),
+               Turn("assistant", "筹备组应当自成立之日起九十日内组织召开首次业主大会会议。【1】"),
+               Turn("user", "谁来牵头张罗"),
+               Turn("assistant", "抱歉，我在已收录的政策文件中没有找到能回答这个问题的依据。为了不误导您，我不作猜测。")]
+    assert CONDENSER.condense("那要多久？", history) == "还没开过业主大会，什么时候该开第一次 那要多久？"
+    # A client that sends only the resident's side: every question still counts.
+    assert CONDENSER.condense("那要多久？", history[::2]) == "还没开过业主大会，什么时候该开第一次 谁来牵头张罗 那要多久？"
+
+
 def test_follow_up_through_the_service_retrieves_the_right_article(kb_services):
     alone = kb_services.chat.retrieve("要多久？")
     followed = kb_services.chat.retrieve("要多久？", SJQR)

@@ -15,7 +15,7 @@ import pytest
 from assistant.config import RetrievalSettings, Settings
 from assistant.qa.ranker import RANK_FEATURES, ArticleRanker, rank_features
 from assistant.services import build_services, load_ranker
-from assistant.types import Chunk, ScoredChunk
+from assistant.types import Chunk, FollowUp, ScoredChunk
 from evals.golden import load_golden
 from evals.metrics import article_matches
 from evals.ranker import Pool, Recorder, fit, pools_from_items, report
@@ -44,6 +44,22 @@ def test_features_are_relative_to_the_pool_and_read_the_intent_and_the_rare_word
     assert b["intent"] == 1.0 and a["intent"] == 0.0  # 十五日 answers 多久
     assert b["coverage"] == 1.0 and a["coverage"] == pytest.approx(0.1 / 3.1)
     assert a["lexical"] == 1.0 and b["lexical"] == 0.0
+
+
+def test_a_follow_ups_features_say_what_the_last_answer_cited_and_what_its_own_words_find():
+    pool = [_hit("a", 0.04, 0.90, "甲。"), _hit("b", 0.02, 0.88, "乙。"),
+            ScoredChunk(Chunk("c", "丙。", "c.md", "别的条例", "c", 0, 2, "物业"), 0.01, 0.0, 0.87, None, 2)]
+    sims = {cid: (("x", 0.9),) for cid in "abc"}
+    own_sims = {"a": (("甲。", 0.80),), "b": (("乙。", 0.95),), "c": (("丙。", 0.85),)}
+    rows = rank_features(pool, sims, "", {"词": 1.0}, lambda h: frozenset(), ("《标题》a",), {"b": 1.0, "a": 0.4},
+                         own_sims)
+    a, b, c = rows
+    assert (a["cited_article"], b["cited_article"], c["cited_article"]) == (1.0, 0.0, 0.0)
+    assert (a["cited_doc"], b["cited_doc"], c["cited_doc"]) == (1.0, 1.0, 0.0)  # a and b are of 《标题》
+    assert (a["own_fused"], b["own_fused"], c["own_fused"]) == (0.4, 1.0, 0.0)
+    assert b["own_sentence"] == 0.0 and a["own_sentence"] == pytest.approx(-0.15)
+    alone = rank_features(pool, sims, "", {"词": 1.0}, lambda h: frozenset())  # not a follow-up: all zero
+    assert all(r[f] == 0.0 for r in alone for f in ("cited_doc", "cited_article", "own_fused", "own_sentence"))
 
 
 def test_the_ranker_reorders_the_pool_and_scores_shares_of_the_first():
@@ -100,6 +116,23 @@ def test_the_shipped_ranker_puts_the_asked_provision_first_at_least_as_often_as_
     fixed = build_services(Settings(data_dir=kb_data_dir, retrieval=RetrievalSettings(ranker_model="off")), embedder)
     with_model, without = _article_first(ranked, items), _article_first(fixed, items)
     assert with_model >= without, (with_model, without)
+
+
+def test_a_follow_ups_own_words_bring_their_best_provisions_of_the_cited_law_into_the_pool(kb_data_dir, embedder):
+    # "他们靠什么来调" after an answer citing 人民调解法第五条: condensed with the earlier question, the search brings
+    # back that question's provisions; the words alone, within 人民调解法, find others (第十三条, 第二十条 here).
+    services = build_services(Settings(data_dir=kb_data_dir), embedder)
+    retriever, recorder = services.chat._pipeline.retriever, Recorder()
+    services.chat.record_pools(recorder)
+    query = "人民调解是谁在调，是法官吗 他们靠什么来调"
+    retriever.search(query)
+    plain = [h.chunk.id for h in recorder.last[0]]
+    retriever.search(query, follow=FollowUp("他们靠什么来调", ("《中华人民共和国人民调解法》第五条",)))
+    pool, rows = recorder.last
+    extra = [(h, r) for h, r in zip(pool, rows) if h.chunk.id not in plain]
+    assert [h.chunk.id for h in pool[: len(plain)]] == plain and 1 <= len(extra) <= 3
+    assert all(h.chunk.title == "中华人民共和国人民调解法" and r["own_fused"] > 0 and r["fused"] == 0 for h, r in extra)
+    assert sum(r["cited_article"] for r in rows) == 1.0 and sum(r["cited_doc"] for r in rows) >= 1 + len(extra)
 
 
 def test_recorded_pools_keep_the_fused_order_and_label_the_expected_provision(kb_data_dir, embedder):

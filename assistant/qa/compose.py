@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 
 from assistant.index.lexical import JiebaTokenizer
 from assistant.index.sentences import MIN_CHARS, provision_text, split_sentences
-from assistant.qa.understand import INTENT_SIGNS
+from assistant.qa.understand import INTENT_SIGNS, REFUSAL_AGAIN, REFUSAL_OPENING, is_refusal
 from assistant.types import (
     Answer,
     AnswerKind,
@@ -21,6 +21,7 @@ from assistant.types import (
     ScoredChunk,
     StreamEvent,
     TurnPlan,
+    provision_label,
 )
 
 # At most two provisions: the one the opening comes from and the closest other one (issue 11: a short answer with
@@ -33,14 +34,7 @@ RUNNER_UP_RATIO = 0.6
 
 def label(hit_or_citation) -> str:
     """《物业管理条例》第四十一条 — how a provision is named to residents."""
-    section = hit_or_citation.section
-    leaf = section.rsplit(" > ", 1)[-1] if section else ""
-    return f"《{hit_or_citation.title}》{leaf}" if leaf else f"《{hit_or_citation.title}》"
-
-
-REFUSAL_OPENING = "抱歉，我在已收录的政策文件中没有找到能回答这个问题的依据。"
-REFUSAL_AGAIN = ("这个问题也不在我已收录的政策文件范围内，我不作猜测。", "已收录的政策文件里同样没有这方面的依据，我就不猜了。",
-                 "这一问我也查不到政策依据，为免误导，不作回答。")
+    return provision_label(hit_or_citation.title, hit_or_citation.section)
 
 
 def refusal_text(contact: str, injection: bool = False, again: int = 0) -> str:
@@ -254,8 +248,7 @@ class ExtractiveAnswerer:
 
 def refusals_before(plan: TurnPlan | None) -> int:
     """How many earlier answers of this conversation refused (any refusal's opening)."""
-    return sum(t.role == "assistant" and t.content.startswith((REFUSAL_OPENING, *REFUSAL_AGAIN))
-               for t in (plan.history if plan else ()))
+    return sum(t.role == "assistant" and is_refusal(t.content) for t in (plan.history if plan else ()))
 
 
 def _expand_list(sentences: list[str], i: int) -> tuple[str, bool]:

@@ -20,7 +20,8 @@ from assistant.qa.compose import Answerer, answer_events, smalltalk_answer
 from assistant.qa.evidence import AnswerabilityModel, judge
 from assistant.qa.retrieve import HybridRetriever, Mode
 from assistant.qa.understand import Understander, asked_datum
-from assistant.types import Answer, EventType, Evidence, Retrieval, StreamEvent, Turn, TurnKind, TurnPlan
+from assistant.types import (Answer, EventType, Evidence, FollowUp, Retrieval, StreamEvent, Turn, TurnKind,
+                             TurnPlan)
 
 if TYPE_CHECKING:
     from assistant.qa.llm import LLMCondenser
@@ -73,7 +74,10 @@ class QuestionPipeline:
                  scope: Sequence[str] | None = None) -> Retrieval:
         """`scope`: the knowledge bases to search (index/kb.py Shelf.scope; None: the configured default). Evidence
         is judged within it: what another knowledge base would answer is refused here."""
-        found = self.retriever.search(plan.query, top_k, mode, plan.intent, scope)
+        # A follow-up most often stays with what the last answer cited; a turn with a topic of its own is judged alone.
+        follow = (FollowUp(plan.question, plan.cited_before)
+                  if plan.kind is TurnKind.FOLLOW_UP and plan.cited_before else None)
+        found = self.retriever.search(plan.query, top_k, mode, plan.intent, scope, follow)
         return Retrieval(plan.query, found.hits, judge(found, self.settings, self.answerability, plan),
                          found.sentences)
 

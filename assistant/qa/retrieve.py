@@ -22,13 +22,14 @@ from assistant.index.sentences import provision_sentences, sentence_id
 from assistant.index.synonyms import QueryExpander
 from assistant.qa.ranker import ArticleRanker, rank_features
 from assistant.qa.understand import INTENT_SIGNS
-from assistant.types import Chunk, ScoredChunk
+from assistant.types import Chunk, FollowUp, ScoredChunk
 
 log = logging.getLogger("xiaoyu")
 Mode = Literal["hybrid", "bm25", "dense"]
 Ranked = tuple[tuple[str, float], ...]  # (chunk id, score), best first
 SentenceScores = dict[str, tuple[tuple[str, float], ...]]  # chunk id → (sentence, cosine to the query), in order
 RETIRED_OVERFETCH = 500  # at most this many extra dense results to make up for superseded versions' chunks
+FOLLOW_EXTRA = 3  # a follow-up's own best provisions in the documents the last answer cited, added to the pool
 
 
 @dataclass(frozen=True)
@@ -161,9 +162,10 @@ class HybridRetriever:
 
     # ---- search ---------------------------------------------------------------------------------
     def search(self, query: str, top_k: int | None = None, mode: Mode = "hybrid", intent: str = "",
-               scope: Sequence[str] | None = None) -> Candidates:
+               scope: Sequence[str] | None = None, follow: FollowUp | None = None) -> Candidates:
         """`scope`: the names of the knowledge bases to search; None: the default scope (Shelf.scope).
-        UnknownKnowledgeBase for a name not on the shelf."""
+        UnknownKnowledgeBase for a name not on the shelf. `follow`: for a follow-up condensed into `query`, the
+        turn's own words and what the answer it follows on cited (qa/ranker.py's cited and own features)."""
         if not self.poll_seconds:
             self.refresh()
         indexes = self.shelf.indexes(self.scope(scope))
@@ -171,6 +173,55 @@ class HybridRetriever:
         s = self.settings
         top_k = top_k or s.top_k
         n = max(s.candidates, top_k)
+        fused, lexical, dense, vector = self._fused(query, mode, n, indexes, snaps)
+        ranked = diversify(fused, s.max_per_source)
+        pool = ranked[: max(top_k, s.rerank_pool)]
+        by_kb = {snap.kb: snap for snap in snaps}
+        kbs = {ix.name: ix for ix in indexes}
+        own: dict[str, float] = {}
+        own_sentences: SentenceScores = {}
+        if follow is not None and follow.cited and mode == "hybrid" and self.ranker is not None:
+            pool, own, own_sentences = self._follow(follow, pool, n, indexes, snaps, kbs, by_kb)
+        sentences = self._sentence_scores(vector, pool, kbs, by_kb)
+        words = set(self.tokenizer.tokens(query))
+        idf, unseen = _idf(snaps, words)
+        if mode == "hybrid" and s.rerank_pool:
+            if self.ranker is not None:
+                rows = rank_features(pool, sentences, intent, idf, lambda h: _terms(by_kb, h),
+                                     follow.cited if follow else (), own, own_sentences)
+                # The model was fitted on the community's documents alone: the domain preference applies to its
+                # scores too, or a law with one close sentence outranks the community's rule again.
+                pool = prefer_domain(self.ranker.rerank(pool, rows), s.reference_categories, s.reference_weight)
+            else:
+                pool = rerank(pool, sentences, intent, s.sentence_weight, s.intent_weight)
+        hits = tuple(pool[:top_k])
+        return Candidates(query, hits, lexical, dense, *_coverage(by_kb, idf, unseen, hits),
+                          content_words=len(words), sentences=sentences)
+
+    def _follow(self, follow: FollowUp, pool: list[ScoredChunk], n: int, indexes: Sequence[KbIndex],
+                snaps: Sequence[Snapshot], kbs: dict[str, KbIndex], by_kb: dict[str, Snapshot]
+                ) -> tuple[list[ScoredChunk], dict[str, float], SentenceScores]:
+        """A follow-up's own words searched alone, within the documents the last answer cited: the condensed query
+        leans on the earlier question and brings back its provisions, while "他们靠什么来调" after 人民调解是谁在调
+        asks for another article of the same law. The best FOLLOW_EXTRA of those join the pool; every pool chunk
+        gets its fused score in that search (relative to its best) and its sentences' cosines to the words alone."""
+        own_fused, _, _, own_vector = self._fused(follow.question, "hybrid", n, indexes, snaps)
+        docs = follow.documents()
+        mine = [h for h in own_fused if f"《{h.chunk.title}》" in docs]
+        if not mine:
+            return pool, {}, {}
+        present = {h.chunk.id for h in pool}
+        extra = [replace(h, score=0.0, lexical=0.0, dense=0.0, lexical_rank=None, dense_rank=None)
+                 for h in mine[:FOLLOW_EXTRA] if h.chunk.id not in present]
+        pool = pool + extra
+        top = mine[0].score or 1.0
+        own = {h.chunk.id: h.score / top for h in mine}
+        return pool, own, self._sentence_scores(own_vector, pool, kbs, by_kb)
+
+    def _fused(self, query: str, mode: Mode, n: int, indexes: Sequence[KbIndex], snaps: Sequence[Snapshot]
+               ) -> tuple[list[ScoredChunk], Ranked, Ranked, np.ndarray | None]:
+        """BM25 and dense search of the scope, fused and with the domain preferred; and the query's vector."""
+        s = self.settings
         expanded = self.expander.expand(query)
         chunks: dict[str, Chunk] = {}  # the hits' chunks: fuse() looks up only these
         # Domain chunks beside reference ones (prefer_domain): each retriever also brings the best n domain chunks,
@@ -229,23 +280,7 @@ class HybridRetriever:
         fused = fuse(chunks, lexical, dense, s.rrf_k,
                      s.lexical_weight if mode != "dense" else 0.0, s.dense_weight if mode != "bm25" else 0.0)
         fused = prefer_domain(fused, s.reference_categories, s.reference_weight)
-        ranked = diversify(fused, s.max_per_source)
-        pool = ranked[: max(top_k, s.rerank_pool)]
-        by_kb = {snap.kb: snap for snap in snaps}
-        sentences = self._sentence_scores(vector, pool, {ix.name: ix for ix in indexes}, by_kb)
-        words = set(self.tokenizer.tokens(query))
-        idf, unseen = _idf(snaps, words)
-        if mode == "hybrid" and s.rerank_pool:
-            if self.ranker is not None:
-                rows = rank_features(pool, sentences, intent, idf, lambda h: _terms(by_kb, h))
-                # The model was fitted on the community's documents alone: the domain preference applies to its
-                # scores too, or a law with one close sentence outranks the community's rule again.
-                pool = prefer_domain(self.ranker.rerank(pool, rows), s.reference_categories, s.reference_weight)
-            else:
-                pool = rerank(pool, sentences, intent, s.sentence_weight, s.intent_weight)
-        hits = tuple(pool[:top_k])
-        return Candidates(query, hits, lexical, dense, *_coverage(by_kb, idf, unseen, hits),
-                          content_words=len(words), sentences=sentences)
+        return fused, lexical, dense, vector
 
     def _sentence_scores(self, vector: np.ndarray | None, pool: Sequence[ScoredChunk],
                          indexes: dict[str, KbIndex], snaps: dict[str, Snapshot]) -> SentenceScores:

@@ -222,9 +222,11 @@ class Condenser:
         if not history or not (force or self.needs_context(question)):
             return question
         recent = history[-2 * self.max_turns :]
-        # "谢谢" or "你好" between two questions names no topic: the question before it does.
-        earlier = [t.content.strip() for t in recent
-                   if t.role == "user" and t.content.strip() and not smalltalk_intent(t.content)]
+        # "谢谢" or "你好" between two questions names no topic: the question before it does; nor does one the
+        # assistant could not answer ("谁来牵头张罗" refused after 业主大会: "那要多久？" asks about 业主大会).
+        earlier = [t.content.strip() for t, reply in _with_replies(recent)
+                   if t.role == "user" and t.content.strip() and not smalltalk_intent(t.content)
+                   and not _unanswered(reply)]
         if not earlier:
             # Only an assistant turn (e.g. a WeChat welcome): its first sentence still names the topic.
             earlier = [re.split(r"[。！？\n]", recent[-1].content.strip(), maxsplit=1)[0][:60]]
@@ -234,6 +236,41 @@ class Condenser:
         if (self.needs_context(context) or len(context) <= _SHORT) and len(earlier) > 1:
             context = f"{earlier[-2]} {context}"
         return f"{context} {question}"
+
+
+# How a refusal opens (qa/compose.py words it): known here so that a refused turn can be told in the history.
+REFUSAL_OPENING = "抱歉，我在已收录的政策文件中没有找到能回答这个问题的依据。"
+REFUSAL_AGAIN = ("这个问题也不在我已收录的政策文件范围内，我不作猜测。", "已收录的政策文件里同样没有这方面的依据，我就不猜了。",
+                 "这一问我也查不到政策依据，为免误导，不作回答。")
+
+
+def is_refusal(text: str) -> bool:
+    return text.startswith((REFUSAL_OPENING, *REFUSAL_AGAIN))
+
+
+def _with_replies(turns: Sequence[Turn]) -> list[tuple[Turn, Turn | None]]:
+    """Each turn with the assistant turn right after it (None: none followed, e.g. the turns of a client that sends
+    only the resident's side)."""
+    return [(t, turns[i + 1] if i + 1 < len(turns) and turns[i + 1].role == "assistant" else None)
+            for i, t in enumerate(turns)]
+
+
+def _unanswered(reply: Turn | None) -> bool:
+    return reply is not None and is_refusal(reply.content.strip())
+
+
+# The list under an extractive answer: "【1】《江苏省物业管理条例》第十三条：…" (qa/compose.py).
+_CITED_LINE = re.compile(r"^【\d+】(《[^》\n]{1,120}》[^：\n]{0,60})：", re.MULTILINE)
+_CITED_SCAN_CHARS = 4000  # of the last answer: its list of provisions comes after the text
+
+
+def cited_before(history: Sequence[Turn]) -> tuple[str, ...]:
+    """The provisions the assistant's last answer cited, by their labels (types.provision_label):
+    ("《江苏省物业管理条例》第十三条",); () when it cited none (a refusal, small talk) or is not one of ours."""
+    for turn in reversed(history):
+        if turn.role == "assistant":
+            return tuple(dict.fromkeys(_CITED_LINE.findall(printable(turn.content)[:_CITED_SCAN_CHARS])))
+    return ()
 
 
 class Understander:
@@ -277,6 +314,8 @@ class Understander:
     def plan(self, question: str, history: Sequence[Turn] = ()) -> TurnPlan:
         question = self.normalise(question)
         recent = self.recent(history)
+        # From the whole last answer, not its cut to MAX_TURN_CHARS: the provisions are listed at its end.
+        cited = cited_before(tuple(history)[-2:])
         if is_injection(question):
             return TurnPlan(question, TurnKind.INJECTION, question, recent)
         intent = smalltalk_intent(question) or self.loose_smalltalk(question)
@@ -287,5 +326,6 @@ class Understander:
         off_topic = vocabulary.off_topic_terms(self.condenser.without_topics(question)) if vocabulary else ()
         if recent and self.condenser.needs_context(question):
             return TurnPlan(question, TurnKind.FOLLOW_UP, self.condenser.condense(question, recent), recent, "rules",
-                            intent, off_topic)
-        return TurnPlan(question, TurnKind.QUESTION, question, recent, intent=intent, off_topic=off_topic)
+                            intent, off_topic, cited)
+        return TurnPlan(question, TurnKind.QUESTION, question, recent, intent=intent, off_topic=off_topic,
+                        cited_before=cited)
