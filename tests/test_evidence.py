@@ -5,7 +5,7 @@ import pytest
 from assistant.config import SHIPPED_ANSWERABILITY, RetrievalSettings
 from assistant.qa.evidence import FEATURES, AnswerabilityModel, features, judge
 from assistant.qa.retrieve import Candidates, rerank
-from assistant.qa.understand import asked_datum
+from assistant.qa.understand import asked_datum, holds_datum
 from assistant.types import Chunk, ScoredChunk, TurnKind, TurnPlan
 from evals.answerability import Row, fit, pick_threshold
 
@@ -108,8 +108,12 @@ def test_rerank_prefers_an_article_with_a_time_limit_for_a_duration_question():
     ("不动产登记中心电话多少", "contact"), ("物业巡回法庭的地址在哪", "contact"),
     ("调解协议有法律效力吗", ""), ("业主大会多久开一次", ""), ("物业天天打电话催我交费，合理吗", ""),
     ("党的纪律具体分哪几块", ""),
+    ("申请司法确认要交钱吗", "price"), ("去法院起诉要交多少诉讼费", "price"),
+    ("明天我们小区停不停水", "date"), ("这周末社区有没有免费体检活动", "date"), ("我儿子下个月要入党宣誓，誓词说些啥", ""),
+    ("那个平台我密码忘了，登不上去咋办", "contact"), ("“昆物通”APP在哪下载", "contact"),
+    ("我们小区电梯是哪个牌子的", "name"), ("我们小区对口的是哪个小学", "name"),
 ])
-def test_a_question_asking_for_a_price_a_time_of_day_or_a_contact_is_told_apart(question, kind):
+def test_a_question_asking_for_a_price_a_time_a_date_a_contact_or_a_name_is_told_apart(question, kind):
     assert asked_datum(question) == kind
 
 
@@ -120,6 +124,14 @@ def test_a_price_question_whose_evidence_names_no_amount_counts_as_missing_its_d
     fined = Candidates("占用通道罚多少钱", (_hit("a", "由有关部门处一千元以上一万元以下罚款。", 0.1),), (), (), 0.5, 0.1)
     assert features(free)["missing_datum"] == features(fined)["missing_datum"] == 0.0
     assert features(_found(0.9))["missing_datum"] == 0.0  # a question of rules asks for no datum
+    # A fine is no price of parking: "处…罚款" answers only a question about the fine.
+    parking = Candidates("地面停车位一个月多少钱", (_hit("a", "违反规定出租车位的，处一万元以上十万元以下罚款。", 0.1),), (), (),
+                         0.5, 0.1)
+    assert features(parking)["missing_datum"] == 1.0
+    assert holds_datum("price", "违反规定的，处五百元罚款。", "会被罚多少钱")
+    assert not holds_datum("price", "违反规定的，处五百元罚款。", "停车一个月多少钱")
+    # A name is given in quotes by the news reports ("第一个集宿区社区叫什么"), never by a law.
+    assert holds_datum("name", "成立全省首个集宿区社区“青春社区”。") and not holds_datum("name", "业主委员会由业主大会选举产生。")
 
 
 def test_the_shipped_model_weighs_a_missing_datum_against_answering():

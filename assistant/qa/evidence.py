@@ -16,14 +16,14 @@ from pathlib import Path
 
 from assistant.config import RetrievalSettings
 from assistant.qa.retrieve import Candidates
-from assistant.qa.understand import DATUMS, asked_datum
+from assistant.qa.understand import asked_datum, holds_datum
 from assistant.types import Evidence, TurnPlan
 
 FEATURES = ("dense_top", "dense_gap", "coverage", "unknown", "lexical_top", "agreement", "off_topic", "sentence_top",
             "missing_datum")
 _LABELS = {"dense_top": "语义相似度", "dense_gap": "语义领先幅度", "coverage": "关键词覆盖", "unknown": "知识库未见的词",
            "lexical_top": "词法匹配", "agreement": "两路检索一致", "off_topic": "知识库外的话题",
-           "sentence_top": "最接近的句子", "missing_datum": "所问的价格、时间或联系方式依据里没有"}
+           "sentence_top": "最接近的句子", "missing_datum": "所问的价格、时间、日期、联系方式或名称依据里没有"}
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,7 @@ def _missing_datum(found: Candidates) -> float:
     kind = asked_datum(found.query)
     if not kind:
         return 0.0
-    sign = DATUMS[kind][1]
-    return float(not any(sign.search(h.chunk.body) for h in found.hits[:3]))
+    return float(not any(holds_datum(kind, h.chunk.body, found.query) for h in found.hits[:3]))
 
 
 def judge(found: Candidates, settings: RetrievalSettings, model: AnswerabilityModel | None = None,

@@ -74,7 +74,8 @@ def smalltalk_intent(question: str) -> str:
 _INTENTS = [
     ("duration", re.compile(r"多久|多长时间|多少天|(?<!好)几天|(?<!好)几个月|(?<!好)几年|多少日|期限|时限|有效期|什么时候|何时|多少个工作日|时效|过期")),
     ("where", re.compile(r"找谁|找哪|去哪|到哪|哪里|哪儿|哪个部门|哪个单位|向谁|谁来|谁负责|谁管|归谁|哪一级|哪个法院|谁出")),
-    ("amount", re.compile(r"多少钱|多少人|多少户|多少名|多少个|多少项|比例|几成|百分之|过半|多少票|几个人|收费标准|费用多少|多少")),
+    ("amount", re.compile(r"多少钱|多少人|多少户|多少名|多少个|多少项|比例|几成|百分之|过半|多少票|几个人|收费标准|费用多少|多少"
+                          r"|要钱|收钱|交钱|收费吗|收不收费")),
     ("materials", re.compile(r"材料|证件|证明|手续|资料|带什么|准备什么|需要什么|要什么|条件|资格|要求")),
     ("permission", re.compile(r"能不能|可不可以|可以吗|能否|是否|行不行|有没有权|有权|允许|合法吗|违法吗|算不算|要不要|该不该|必须|"
                               r"能.{0,8}吗|可以.{0,8}吗|会不会|有效吗|效力|约束力|有没有|吗[？?！!]*$")),
@@ -93,22 +94,42 @@ INTENT_SIGNS = {
 }
 
 
-# A concrete local datum the resident asks for: a price, a clock time, an address or a phone number. Laws and
-# regulations state rules, not what a community's parking space costs or when the 民政局 opens; a question asking
-# for one is answerable only when the evidence holds one (qa/evidence.py missing_datum).
+# A concrete local datum the resident asks for: a price, a clock time, a date, an address, phone number or app, a
+# name. Laws and regulations state rules, not what a community's parking space costs, when the 民政局 opens, whether
+# the water is off tomorrow or which brand the lift is; a question asking for one is answerable only when the evidence
+# holds one (qa/evidence.py missing_datum). Each kind: (how it is asked, the sign of it in a passage).
 DATUMS = {
-    "price": (re.compile(r"多少钱|几块钱|块钱|价格|价钱|收多少|多少一|一平|每平|单价|贵不贵|便宜"),
+    "price": (re.compile(r"多少钱|几块钱|块钱|价格|价钱|收多少|交多少|多少费|多少一|一平|每平|单价|贵不贵|便宜"
+                         r"|收费吗|收不收费|要钱吗|要不要钱|交钱吗|一度电"),
               re.compile(r"[0-9零一二三四五六七八九十百千万.]+\s*(?:元|块|角)|百分之|[0-9]\s*[%％]|不收|免费|无偿")),
     "clock": (re.compile(r"几点|营业时间|开放时间|办公时间|上班时间|开门|关门|开不开放|开放吗|上不上班|上班吗|首班|末班"),
               re.compile(r"[0-9一二三四五六七八九十]+\s*(?:点|时|:|：)[0-9〇零一二三四五六七八九十半]*|[上下]午|工作日|节假日")),
-    "contact": (re.compile(r"地址|电话是多少|电话多少|电话号码|联系电话|手机号|联系方式|热线是|号码是多少|怎么走|下载|官网|网址"),
+    # "明天我们小区停不停水" asks whether something happens then; "我儿子下个月要入党宣誓" only tells when.
+    "date": (re.compile(r"(?:明天|今天|今晚|后天|下周|本周|这周|这两天|这几天)[^，。？！,?!]{0,14}?(?:(.)不\1|吗|有没有|是不是)"),
+             re.compile(r"[0-9一二三四五六七八九十]+月[0-9一二三四五六七八九十]+日|星期[一二三四五六日天]|周[一二三四五六日]")),
+    "contact": (re.compile(r"地址|电话是多少|电话多少|电话号码|联系电话|电话能查|查电话|手机号|联系方式|热线是|号码是多少|怎么走"
+                           r"|下载|官网|网址|APP|app|小程序|密码|登录|登不上|注册"),
                 re.compile(r"[0-9]{5,}|路[0-9一二三四五六七八九十]+号|号楼|网址|http|www|热线")),
+    "name": (re.compile(r"叫什么|什么牌子|哪个牌子|哪个品牌|哪家公司|哪所|哪个小学|哪个中学|哪个学校|哪家银行|哪家医院"),
+             re.compile(r"“[^”]{2,20}”")),
 }
+# A fine is not a price: "处1万元以上10万元以下的罚款" answers no question of what parking costs, only one of what
+# the fine is ("会被罚多少钱").
+_FINE = re.compile(r"[处罚][^。；，]{0,40}?罚(?:款|金)")
+_ASKS_FINE = re.compile(r"罚")
 
 
 def asked_datum(question: str) -> str:
     """"小区门禁卡补办一张要多少钱" → "price"; "民政局周末上不上班" → "clock"; "" for a question of rules."""
     return next((kind for kind, (asked, _) in DATUMS.items() if asked.search(question)), "")
+
+
+def holds_datum(kind: str, text: str, question: str = "") -> bool:
+    """Whether a passage gives a datum of this kind, as the question asks it: "人民调解委员会调解民间纠纷不收费"
+    gives a price; "处五百元罚款" gives one only to a question about a fine."""
+    if kind == "price" and not _ASKS_FINE.search(question):
+        text = _FINE.sub("", text)
+    return bool(DATUMS[kind][1].search(text))
 
 
 def question_intent(question: str) -> str:
