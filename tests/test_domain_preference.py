@@ -30,9 +30,9 @@ DISTRACTORS = (
     "行政法规/建设工程质量管理条例(2019-04-23).md",
 )
 CRACKED_WALL = "交房才一年墙就裂了，保修期内这个该谁来修"  # the community's rules: 建设单位/保修 (江苏省物业管理条例)
-REFERENCE_ONLY = {  # nothing in the demo corpus answers these
-    "电梯多久要做一次定期检验": ("中华人民共和国特种设备安全法", "第四十条"),
-    "装修想拆一面承重墙改格局，需要什么审批": ("建设工程质量管理条例", "第十五条"),
+REFERENCE_ONLY = {  # nothing in the demo corpus answers these; the provisions that do (two laws say the second)
+    "电梯多久要做一次定期检验": {("中华人民共和国特种设备安全法", "第四十条")},
+    "装修想拆一面承重墙改格局，需要什么审批": {("建设工程质量管理条例", "第十五条"), ("中华人民共和国建筑法", "第四十九条")},
 }
 
 
@@ -66,7 +66,7 @@ def test_the_communitys_rule_comes_before_a_law_that_words_the_same(mixed_dir, e
 def test_a_question_only_a_reference_law_answers_is_still_answered_from_it(mixed_dir, embedder, question):
     answer = _services(mixed_dir, embedder).chat.ask(question)
     assert not answer.refused
-    assert (answer.citations[0].title, answer.citations[0].section.rsplit(" > ", 1)[-1]) == REFERENCE_ONLY[question]
+    assert (answer.citations[0].title, answer.citations[0].section.rsplit(" > ", 1)[-1]) in REFERENCE_ONLY[question]
 
 
 def _count_queries(monkeypatch) -> list[tuple]:
