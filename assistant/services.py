@@ -830,7 +830,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
                                 settings.index_poll_seconds, load_ranker(settings, embedder))
     terms = tokenizer.user_terms | expander.terms
     vocabulary = Vocabulary(tokenizer.tokens, lambda word: word in terms or retriever.knows(word),
-                            read_terms(settings.out_of_scope_path))
+                            read_terms(settings.out_of_scope_path), tokenizer.nouns)
     rules = Condenser(terms, settings.max_history_turns, vocabulary)
     understander = Understander(rules, settings.max_question_chars, settings.max_history_turns)
     answerer: Answerer = ExtractiveAnswerer(tokenizer, settings.contact, load_opening(settings, embedder))

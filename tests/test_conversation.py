@@ -86,6 +86,15 @@ def test_a_short_turn_not_covered_alone_is_retried_with_the_conversation(module_
     assert "签完去哪里备案" in second.query and "物业" in second.query
 
 
+def test_a_short_turn_without_words_of_the_sources_is_kept_with_the_law_the_last_answer_cited(module_services):
+    """"谁来牵头张罗" shares no word with 江苏省物业管理条例, but retried with the conversation its best provision is of
+    the regulation the answer before it cited: the resident is still asking about that (qa/pipeline.py resolve)."""
+    assert module_services.chat.ask("谁来牵头张罗").refused
+    first, second = _turns(module_services, "新小区住进来一大半了，还没开过业主大会，第一次什么时候该开", "谁来牵头张罗")
+    assert first.citations[0].title == second.citations[0].title == "江苏省物业管理条例"
+    assert second.kind is AnswerKind.ANSWERED
+
+
 def test_a_short_off_topic_turn_is_not_glued_onto_the_conversation_by_the_retry(module_services):
     for turn in ("小区超市几点关门", "明天昆山下雨吗"):
         _, off = _turns(module_services, "物业服务合同到期了怎么续签", turn)

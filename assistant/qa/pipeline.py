@@ -97,7 +97,9 @@ class QuestionPipeline:
         leaning = dataclasses.replace(plan, kind=TurnKind.FOLLOW_UP, query=query, condensed_by="rules-retry")
         second = self.retrieve(leaning, top_k, mode, scope)
         own = [w for w in self.retriever.tokenizer.tokens(plan.question) if len(w) >= 2]
-        if second.evidence.covered and any(w in h.chunk.body for h in second.hits[:3] for w in own):
+        cited = FollowUp(plan.question, plan.cited_before).documents()
+        if second.evidence.covered and (any(w in h.chunk.body for h in second.hits[:3] for w in own)
+                                        or any(f"《{h.chunk.title}》" in cited for h in second.hits[:1])):
             return leaning, second
         return plan, retrieval
 

@@ -141,8 +141,8 @@ def question_intent(question: str) -> str:
 # one of these cues and nothing the knowledge base speaks of is small talk too. First cue found names the intent.
 _CUES = [
     ("thanks", re.compile(r"谢|感谢|帮了大忙|帮大忙|辛苦|打扰")),
-    ("goodbye", re.compile(r"再见|拜拜|晚安|没有别的问题|没别的问题|没有其他问题|下次再|先这样|再聊|回聊")),
-    ("identity", re.compile(r"你是|你叫|您是|几岁|多大了|男的|女的|机器人|人工客服|真人|你吃|你住|谁开发|谁做的|哪个单位做|哪家公司做")),
+    ("goodbye", re.compile(r"再见|拜拜|晚安|没有别的问题|没别的问题|没有其他问题|下次再|先这样|再聊|回聊|问到这")),
+    ("identity", re.compile(r"你是|你叫|您是|几岁|多大了|你今年多大|你多大|男的|女的|机器人|人工客服|真人|你吃|你住|谁开发|谁做的|哪个单位做|哪家公司做")),
     ("praise", re.compile(r"厉害|聪明|真棒|好棒|太棒|不错嘛|靠谱")),
     ("abilities", re.compile(r"你会|你能|问你|能问|可以问|帮我做|怎么用你")),
     ("greeting", re.compile(r"你好|您好|小玉|在吗|在不在|有人吗|早上好|晚上好|下午好|快乐|愉快|咨询一下|想问一下|想咨询")),
@@ -150,7 +150,7 @@ _CUES = [
 ]
 # Words of chit-chat that the corpus happens to contain too; they do not make a turn a question.
 _CHAT_WORDS = frozenset("问题 咨询 一下 今天 心情 不错 帮忙 大忙 别的 其他 名字 人工 客服 时候 东西 小玉 真好 一点 单位 公司 下次 打扰"
-                        " 不好意思 不好 开发".split())
+                        " 不好意思 不好 开发 方便 清楚 挺好 今年".split())
 
 
 class Vocabulary:
@@ -159,18 +159,25 @@ class Vocabulary:
     such a turn is judged alone, never glued onto the previous topic (Condenser.needs_context)."""
 
     def __init__(self, tokens: Callable[[str], list[str]], known: Callable[[str], bool],
-                 off_topic: Iterable[str] = ()):
+                 off_topic: Iterable[str] = (), nouns: Callable[[str], list[str]] | None = None):
         self.tokens = tokens
         self.known = known
         self.off_topic = tuple(sorted({t for t in off_topic if t}, key=len, reverse=True))
+        self.nouns = nouns  # None: every unknown word counts towards foreign(), not only the nouns
 
     def off_topic_terms(self, question: str) -> tuple[str, ...]:
         """"昆山房价多少，学区房贵吗" → ("学区房", "房价")."""
         return tuple(t for t in self.off_topic if t in question)
 
     def foreign(self, question: str) -> bool:
+        """Half or more of the content words are ones the knowledge base never uses. Only nouns count, where a
+        tagger is given: "红烧肉怎么做" names a thing of its own, "不够了怎么办" or "最重的是哪个" only says something
+        more of the thing the conversation is about."""
         words = [w for w in self.tokens(question) if len(w) >= 2]
         unknown = [w for w in words if not self.known(w)]
+        if self.nouns is not None and unknown:
+            nouns = self.nouns(question)  # a search-mode piece counts when it is part of a noun: 红烧 of 红烧肉
+            unknown = [w for w in unknown if any(w in n for n in nouns)]
         return bool(words) and len(unknown) * 2 >= len(words)
 
 
