@@ -5,7 +5,6 @@ choices of the fitting test are made up, to show what the fit learns from."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from assistant.config import BUNDLED_KB, RetrievalSettings, Settings
 from assistant.index.lexical import JiebaTokenizer
 from assistant.qa.compose import FIXED_CHOOSER, OPENING_FEATURES, ExtractiveAnswerer, OpeningChooser
-from assistant.services import build_services, load_opening
+from assistant.services import build_services
 from assistant.types import Chunk, ScoredChunk
 from evals.golden import load_golden
 from evals.opening import MARGINS, choices_from_items, fit_chooser, report
@@ -69,15 +68,6 @@ def test_an_opening_chooser_round_trips_through_its_file_with_its_margin(tmp_pat
                              0.75)
     chooser.save(tmp_path / "opening.json")
     assert OpeningChooser.load(tmp_path / "opening.json") == chooser
-
-
-def test_the_shipped_opening_chooser_serves_the_default_embedder_and_not_another(embedder, tmp_path):
-    assert load_opening(Settings(data_dir=tmp_path), embedder) is not None
-    assert load_opening(Settings(data_dir=tmp_path, retrieval=RetrievalSettings(opening_model="off")), embedder) is None
-    other = tmp_path / "other.json"
-    other.write_text(json.dumps({"weights": {"lexical": 1.0}, "embedder": "st/another-model"}), encoding="utf-8")
-    assert load_opening(Settings(data_dir=tmp_path, retrieval=RetrievalSettings(opening_model=str(other))),
-                        embedder) is None
 
 
 def test_recorded_choices_label_the_sentences_that_hold_a_key_fact(kb_data_dir, embedder):

@@ -128,7 +128,7 @@ _INTENT_WORDS = {
 }
 _NUMBER = re.compile(r"[0-9]|[一二两三四五六七八九十百千]+(?:日|天|个月|年|人|元|分之|次|名|户|届|份)")
 MAX_OPENING = 240  # characters of the opening, an expanded list included
-MAX_EXCERPT = 120  # characters quoted of each provision; the source page has the whole text
+MAX_EXCERPT = 170  # characters quoted of each provision (the source page has the whole text); 120 until session 7
 
 
 @dataclass(frozen=True)
