@@ -5,6 +5,7 @@ choices of the fitting test are made up, to show what the fit learns from."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -82,8 +83,11 @@ def _facts_up_front(services, items) -> int:
     return sum(any(f in services.chat.ask(i.question, i.history).text[:160] for f in i.key_facts) for i in items)
 
 
-def test_the_shipped_chooser_puts_a_key_fact_up_front_at_least_as_often_as_the_fixed_formula(kb_data_dir, embedder):
+def test_the_shipped_chooser_puts_a_key_fact_up_front_at_least_as_often_as_the_fixed_formula(kb_data_dir, embedder,
+                                                                                              tmp_path):
     items = [i for i in load_golden(ROOT / "evals" / "golden.jsonl") if i.key_facts and not i.out_of_scope]
-    fitted = build_services(Settings(data_dir=kb_data_dir), embedder)
-    fixed = build_services(Settings(data_dir=kb_data_dir, retrieval=RetrievalSettings(opening_model="off")), embedder)
+    data_dir = tmp_path / "data"  # asking logs the questions: a copy, not the session's shared index
+    shutil.copytree(kb_data_dir, data_dir)
+    fitted = build_services(Settings(data_dir=data_dir), embedder)
+    fixed = build_services(Settings(data_dir=data_dir, retrieval=RetrievalSettings(opening_model="off")), embedder)
     assert _facts_up_front(fitted, items) >= _facts_up_front(fixed, items)
