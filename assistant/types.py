@@ -171,7 +171,8 @@ class TurnPlan:
     query: str  # what is searched: the question itself, or the follow-up condensed with the history
     history: tuple[Turn, ...] = ()  # the recent turns the plan was made with
     condensed_by: str = ""  # "rules" | "llm" | "" (not condensed)
-    # What the turn asks for. Small talk: greeting | thanks | goodbye | identity | free | praise | abilities | ack;
+    # What the turn asks for. Small talk: greeting | thanks | goodbye | feedback | identity | free | praise | abilities
+    # | ack;
     # questions: duration | where | amount | materials | permission | how | "" (see qa/understand.py)
     intent: str = ""
     off_topic: tuple[str, ...] = ()  # terms naming topics the knowledge base does not cover (房价, 天气 …)

@@ -111,7 +111,10 @@ def test_small_talk_in_a_conversation_is_small_talk(understander):
 @pytest.mark.parametrize("text,intent", [("谢谢你啊小玉，帮了大忙", "thanks"), ("小玉你几岁了", "identity"),
                                          ("你好！我想咨询一下", "greeting"), ("我没有别的问题了", "goodbye"),
                                          ("今天先问到这儿", "goodbye"), ("小玉你今年多大", "identity"),
-                                         ("那挺方便的，谢了", "thanks")])
+                                         ("那挺方便的，谢了", "thanks"), ("你说得对", "feedback"),
+                                         ("你答非所问", "feedback"), ("你们是哪个部门的", "identity"),
+                                         ("陪我聊聊天吧", "abilities"), ("我想问个问题", "greeting"),
+                                         ("祝你工作顺利", "thanks"), ("我走了", "goodbye")])
 def test_short_chat_with_a_cue_and_no_domain_words_is_small_talk(understander, text, intent):
     plan = understander.plan(text)
     assert (plan.kind, plan.intent) == (TurnKind.SMALLTALK, intent)

@@ -140,17 +140,20 @@ def question_intent(question: str) -> str:
 # A looser reading for what the whole-turn patterns miss ("谢谢你啊小玉，帮了大忙", "小玉你几岁了"): a short turn with
 # one of these cues and nothing the knowledge base speaks of is small talk too. First cue found names the intent.
 _CUES = [
-    ("thanks", re.compile(r"谢|感谢|帮了大忙|帮大忙|辛苦|打扰")),
-    ("goodbye", re.compile(r"再见|拜拜|晚安|没有别的问题|没别的问题|没有其他问题|下次再|先这样|再聊|回聊|问到这")),
-    ("identity", re.compile(r"你是|你叫|您是|几岁|多大了|你今年多大|你多大|男的|女的|机器人|人工客服|真人|你吃|你住|谁开发|谁做的|哪个单位做|哪家公司做")),
+    ("thanks", re.compile(r"谢|感谢|帮了大忙|帮大忙|辛苦|打扰|祝你|祝您")),
+    ("goodbye", re.compile(r"再见|拜拜|晚安|没有别的问题|没别的问题|没有其他问题|下次再|先这样|再聊|回聊|问到这|我走了|先走了|下线了")),
+    # What the resident says of the answer itself ("你说得对", "答非所问"): thanked for, and told where to say more.
+    ("feedback", re.compile(r"说得对|说的对|不对吧|答非所问|回答准确吗|准确吗|说的靠谱吗|说得靠谱吗|不准确|说错了")),
+    ("identity", re.compile(r"你是|你叫|您是|几岁|多大了|你今年多大|你多大|你喜欢|你累|你们是哪|你们是政府|官方的吗|男的|女的|机器人|人工客服|真人|你吃|你住|谁开发|谁做的|哪个单位做|哪家公司做")),
     ("praise", re.compile(r"厉害|聪明|真棒|好棒|太棒|不错嘛|靠谱")),
-    ("abilities", re.compile(r"你会|你能|问你|能问|可以问|帮我做|怎么用你")),
-    ("greeting", re.compile(r"你好|您好|小玉|在吗|在不在|有人吗|早上好|晚上好|下午好|快乐|愉快|咨询一下|想问一下|想咨询")),
+    ("abilities", re.compile(r"你会|你能|问你|能问|可以问|帮我做|怎么用你|用英语|用英文|聊天|心情不好|无聊")),
+    ("greeting", re.compile(r"你好|您好|小玉|在吗|在不在|有人吗|早上好|晚上好|下午好|快乐|愉快|咨询一下|想问一下|想咨询"
+                            r"|想问个问题|有个问题|可以咨询吗|能咨询吗")),
     ("ack", re.compile(r"懂了|知道了|知道啦|明白|好嘞|好哒|收到|了解")),
 ]
 # Words of chit-chat that the corpus happens to contain too; they do not make a turn a question.
 _CHAT_WORDS = frozenset("问题 咨询 一下 今天 心情 不错 帮忙 大忙 别的 其他 名字 人工 客服 时候 东西 小玉 真好 一点 单位 公司 下次 打扰"
-                        " 不好意思 不好 开发 方便 清楚 挺好 今年".split())
+                        " 不好意思 不好 开发 方便 清楚 挺好 今年 耐心 解答 回答 帮助 工作 顺利 准确 政府 部门 官方 英语 英文".split())
 
 
 class Vocabulary:
