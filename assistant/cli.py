@@ -324,8 +324,6 @@ def cmd_calibrate(args) -> int:
         return _calibrate_answerability(args, settings)
     if args.ranker:
         return _calibrate_ranker(args, settings)
-    if args.opening:
-        return _calibrate_opening(args, settings)
     services = build_services(settings)
     services.knowledge.ensure_ingested(_progress())
     rows = evidence_rows(services.chat, [i for f in args.files for i in load_golden(Path(f))])
@@ -387,33 +385,6 @@ def _calibrate_ranker(args, settings) -> int:
     before, after = report(None, pools), report(ranker, pools)
     print(f"provision ranker written to {out}: {after['pools']} questions, {after['reachable']} with the expected "
           f"provision in the pool; article hit@1 there {before['hit@1']:.3f} -> {after['hit@1']:.3f} (fitted rows)")
-    return 0
-
-
-def _calibrate_opening(args, settings) -> int:
-    """Fit the opening chooser on the given dev files (single questions and conversations) and save it."""
-    from assistant.qa.compose import FIXED_CHOOSER
-    from assistant.services import build_embedder, build_services
-    from evals.conversations import is_conversations_file, load_conversations
-    from evals.golden import load_golden
-    from evals.opening import choices_from_conversations, choices_from_items, fit_chooser, report
-
-    embedder = build_embedder(settings)
-    services = build_services(settings, embedder)
-    services.knowledge.ensure_ingested(_progress())
-    choices = []
-    for name in map(Path, args.files):
-        if is_conversations_file(name):
-            choices += choices_from_conversations(services.chat, load_conversations(name))
-        else:
-            choices += choices_from_items(services.chat, load_golden(name))
-    chooser = fit_chooser(choices, embedder.name)
-    out = Path(args.out) if args.out else settings.data_dir / "opening.json"
-    chooser.save(out)
-    before, after = report(FIXED_CHOOSER, choices), report(chooser, choices)
-    print(f"opening chooser written to {out}: {after['answers']} answers, {after['reachable']} with a key fact in a "
-          f"candidate sentence; first sentence holds it {before['fact_first']:.3f} -> {after['fact_first']:.3f} "
-          f"(fitted rows), second-sentence margin {chooser.margin}")
     return 0
 
 
@@ -480,9 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="拟合可回答性模型（逻辑回归），写入 数据目录/answerability.json（或 --out）")
     p.add_argument("--ranker", action="store_true",
                    help="拟合条文排序模型（成对逻辑回归），写入 数据目录/ranker.json（或 --out）")
-    p.add_argument("--opening", action="store_true",
-                   help="拟合开头句选择模型（成对逻辑回归），写入 数据目录/opening.json（或 --out）")
-    p.add_argument("--out", help="--answerability / --ranker / --opening 时模型的输出路径")
+    p.add_argument("--out", help="--answerability / --ranker 时模型的输出路径")
     data_dir(p)
     p.set_defaults(func=cmd_calibrate)
     return parser

@@ -15,7 +15,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_KB = PROJECT_ROOT / "knowledge_base"
 SHIPPED_ANSWERABILITY = Path(__file__).resolve().parent / "qa" / "answerability.json"
 SHIPPED_RANKER = Path(__file__).resolve().parent / "qa" / "ranker.json"
-SHIPPED_OPENING = Path(__file__).resolve().parent / "qa" / "opening.json"
 
 
 def _group(prefix: str) -> SettingsConfigDict:
@@ -86,9 +85,6 @@ class RetrievalSettings(BaseSettings):
     # data_dir/ranker.json if staff have fitted one there, else the one shipped for the default embedder. "off": the
     # fixed sentence_weight/intent_weight rerank above.
     ranker_model: str = ""
-    # The opening chooser (assistant/qa/compose.py), fitted with `xiaoyu calibrate --opening`: which sentence of the
-    # close provisions opens the answer. Empty / "off" / a path, as above; "off": the fixed formula.
-    opening_model: str = ""
 
     @field_validator("reference_categories", mode="before")
     @classmethod
@@ -271,9 +267,6 @@ class Settings(BaseSettings):
 
     def ranker_path(self) -> Path | None:
         return self._fitted(self.retrieval.ranker_model, "ranker.json", SHIPPED_RANKER)
-
-    def opening_path(self) -> Path | None:
-        return self._fitted(self.retrieval.opening_model, "opening.json", SHIPPED_OPENING)
 
     def _fitted(self, configured: str, name: str, shipped: Path) -> Path | None:
         """A fitted model's file: "off" none, a configured path, else staff's fit in the data dir, else the shipped."""

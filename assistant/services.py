@@ -26,7 +26,7 @@ from assistant.index.kb import DEFAULT_KB, KbIndex, Registry, Shelf, kb_dir, rem
 from assistant.index.lexical import JiebaTokenizer, LexicalIndex
 from assistant.index.store import ChromaCatalog, ChromaDocument, ChromaStore
 from assistant.index.synonyms import QueryExpander, SynonymError
-from assistant.qa.compose import Answerer, ExtractiveAnswerer, OpeningChooser
+from assistant.qa.compose import Answerer, ExtractiveAnswerer
 from assistant.qa.evidence import AnswerabilityModel
 from assistant.qa.pipeline import Explanation, QuestionPipeline
 from assistant.qa.ranker import ArticleRanker
@@ -152,22 +152,6 @@ class ChatService:
         """Calibration only (`xiaoyu calibrate --ranker`): every retrieval pool goes to `recorder` (its rerank()
         sees the feature rows and keeps the fused order) instead of the provision ranker."""
         self._pipeline.retriever.ranker = recorder
-
-    def opening_candidates(self, question: str, history: Sequence[Turn] = ()) -> list[tuple[dict[str, float], int, str]]:
-        """Calibration only (`xiaoyu calibrate --opening`): the sentences the extractive composer weighs to open this
-        turn's answer, with their features; [] for a turn answered without evidence or refused."""
-        plan = self._pipeline.plan(question, history)
-        if plan.kind in (TurnKind.SMALLTALK, TurnKind.INJECTION):
-            return []
-        plan, retrieval = self._pipeline.resolve(plan)
-        if not retrieval.evidence.covered:
-            return []
-        extractive = getattr(self._pipeline.answerer, "fallback", self._pipeline.answerer)  # the LLM's falls back to it
-        return extractive.opening_candidates(retrieval, plan)
-
-    def use_opening_chooser(self, chooser: OpeningChooser) -> None:
-        """Calibration only: answers open as `chooser` says (the fixed formula while dev answers are recorded)."""
-        getattr(self._pipeline.answerer, "fallback", self._pipeline.answerer).chooser = chooser
 
     def explain(self, question: str, history: Sequence[Turn] = (), top_k: int | None = None,
                 mode: Mode = "hybrid", knowledge_bases: Sequence[str] | None = None) -> Explanation:
@@ -742,13 +726,6 @@ def load_ranker(settings: Settings, embedder: Embedder) -> ArticleRanker | None:
                        "--ranker")
 
 
-def load_opening(settings: Settings, embedder: Embedder) -> OpeningChooser | None:
-    """The configured opening chooser, if it was fitted for this embedder (its sentence feature is a cosine); else
-    None, and the fixed formula chooses."""
-    return _fitted_for(embedder, settings.opening_path(), OpeningChooser.load, "opening chooser", "the fixed formula",
-                       "--opening")
-
-
 def _fitted_for(embedder: Embedder, path: Path | None, load, what: str, instead: str, flag: str):
     if path is None or not path.is_file():
         return None
@@ -833,7 +810,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
                             read_terms(settings.out_of_scope_path), tokenizer.nouns)
     rules = Condenser(terms, settings.max_history_turns, vocabulary)
     understander = Understander(rules, settings.max_question_chars, settings.max_history_turns)
-    answerer: Answerer = ExtractiveAnswerer(tokenizer, settings.contact, load_opening(settings, embedder))
+    answerer: Answerer = ExtractiveAnswerer(tokenizer, settings.contact)
     condenser = None
     if settings.llm.enabled:
         from assistant.qa.llm import (  # lazy: langchain is the [llm] extra

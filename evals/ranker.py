@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from assistant.qa.ranker import RANK_FEATURES, ArticleRanker, LinearModel
+from assistant.qa.ranker import RANK_FEATURES, ArticleRanker
 from assistant.services import ChatService
 from assistant.types import Channel, ScoredChunk, Turn
 from evals.golden import Expect, GoldenItem
@@ -72,15 +72,12 @@ def pools_from_conversations(chat: ChatService, recorder: Recorder, conversation
     return [p for p in pools if p is not None]
 
 
-def fit(pools: Sequence[Pool], embedder: str, c: float = 0.1, features: Sequence[str] = RANK_FEATURES,
-        model=ArticleRanker):
-    """A pairwise logistic regression over `features` of each pool's (right, wrong) pairs, as a `model`
-    (ArticleRanker, or compose.OpeningChooser for evals/opening.py)."""
+def fit(pools: Sequence[Pool], embedder: str, c: float = 0.1) -> ArticleRanker:
     from sklearn.linear_model import LogisticRegression
 
     diffs = []
     for pool in pools:
-        x = np.array([[r[f] for f in features] for r in pool.rows], dtype=float)
+        x = np.array([[r[f] for f in RANK_FEATURES] for r in pool.rows], dtype=float)
         right = [i for i, y in enumerate(pool.labels) if y]
         wrong = [i for i, y in enumerate(pool.labels) if not y]
         diffs += [x[i] - x[j] for i in right for j in wrong]
@@ -92,10 +89,10 @@ def fit(pools: Sequence[Pool], embedder: str, c: float = 0.1, features: Sequence
     scales = x.std(axis=0)
     scales[scales == 0] = 1.0
     clf = LogisticRegression(C=c, fit_intercept=False, max_iter=3000).fit(x / scales, y)
-    return model({f: float(w / s) for f, w, s in zip(features, clf.coef_[0], scales)}, embedder)
+    return ArticleRanker({f: float(w / s) for f, w, s in zip(RANK_FEATURES, clf.coef_[0], scales)}, embedder)
 
 
-def report(ranker: LinearModel | None, pools: Sequence[Pool]) -> dict[str, float]:
+def report(ranker: ArticleRanker | None, pools: Sequence[Pool]) -> dict[str, float]:
     """Article hit@1 and hit@5 among the pools that hold an expected provision at all (what ranking can change),
     by the recorded order (ranker None) or the ranker's."""
     reachable = [p for p in pools if any(p.labels)]

@@ -14,7 +14,7 @@ import pytest
 
 from assistant.config import RetrievalSettings, Settings
 from assistant.qa.ranker import RANK_FEATURES, ArticleRanker, rank_features
-from assistant.services import build_services, load_opening, load_ranker
+from assistant.services import build_services, load_ranker
 from assistant.types import Chunk, FollowUp, ScoredChunk
 from evals.golden import load_golden
 from evals.metrics import article_matches
@@ -91,14 +91,13 @@ def test_a_ranker_round_trips_through_its_file(tmp_path):
     assert ArticleRanker.load(tmp_path / "ranker.json") == ranker
 
 
-@pytest.mark.parametrize("load,setting", [(load_ranker, "ranker_model"), (load_opening, "opening_model")],
-                         ids=["ranker", "opening chooser"])
-def test_the_shipped_model_serves_the_default_embedder_and_not_another(embedder, tmp_path, load, setting):
-    assert load(Settings(data_dir=tmp_path), embedder) is not None
-    assert load(Settings(data_dir=tmp_path, retrieval=RetrievalSettings(**{setting: "off"})), embedder) is None
+def test_the_shipped_ranker_serves_the_default_embedder_and_not_another(embedder, tmp_path):
+    assert load_ranker(Settings(data_dir=tmp_path), embedder) is not None
+    assert load_ranker(Settings(data_dir=tmp_path, retrieval=RetrievalSettings(ranker_model="off")), embedder) is None
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"weights": {"fused": 1.0}, "embedder": "st/another-model"}), encoding="utf-8")
-    assert load(Settings(data_dir=tmp_path, retrieval=RetrievalSettings(**{setting: str(other)})), embedder) is None
+    assert load_ranker(Settings(data_dir=tmp_path, retrieval=RetrievalSettings(ranker_model=str(other))),
+                       embedder) is None
 
 
 def _article_first(services, items) -> int:

@@ -3,17 +3,13 @@ cited provision, and its opening (ExtractiveAnswerer.ranked) is the sentence tha
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from assistant.index.lexical import JiebaTokenizer
 from assistant.index.sentences import MIN_CHARS, provision_text, split_sentences
-from assistant.qa.ranker import LinearModel
 from assistant.qa.understand import INTENT_SIGNS, REFUSAL_AGAIN, REFUSAL_OPENING, is_refusal
 from assistant.types import (
     Answer,
@@ -108,57 +104,23 @@ _LIST_ITEM = re.compile(r"^[（(][一二三四五六七八九十]+[)）]")
 # A next step the sources themselves name: "可以向人民法院提起诉讼", "向人民调解委员会申请调解".
 _NEXT_STEP = re.compile(r"(?:可以|有权)(?:依法)?(?:向|请求)[^，。；：]{2,24}?"
                         r"(?:申请[^，。；：]{0,10}|提起诉讼|起诉|投诉|举报|申诉|提出[^，。；：]{0,10})")
-# How the opening is chosen (ExtractiveAnswerer.ranked): a linear score over OPENING_FEATURES of each candidate
-# sentence, fitted on the dev sets by `xiaoyu calibrate --opening` (evals/opening.py: the sentence that holds a key
-# fact against those of the same answer that do not). Without a fitted model, FIXED_OPENING, the hand-tuned formula
-# from before: lexical overlap relative to the best candidate, SENTENCE_WEIGHT per unit of cosine behind the closest
-# sentence, and for a question asking for a time limit or a number, INTENT_BONUS lost by a sentence without one.
-OPENING_FEATURES = ("lexical", "own_lexical", "sentence", "provision", "no_sign", "lead", "number", "intent_word",
-                    "first", "length")
+# How the opening is chosen (ExtractiveAnswerer.ranked), tuned on the dev sets: lexical overlap relative to the best
+# candidate, plus SENTENCE_WEIGHT per unit of cosine to the query behind the closest sentence; for a question asking
+# for a time limit or a number, a sentence without one loses INTENT_BONUS (large: it then opens only if none has one).
 SENTENCE_WEIGHT = 20.0
 INTENT_BONUS = 2.0
-FIXED_OPENING = {"lexical": 1.0, "sentence": SENTENCE_WEIGHT, "provision": 0.2, "no_sign": -INTENT_BONUS, "lead": -0.6}
-SECOND_MARGIN = 0.3  # a second sentence joins the opening when it scores within this of the first (fixed formula)
-# Words that go with what a question asks, for the intents without a sign of their own: an institution for 找谁, a
-# permission or duty for 能不能, the documents for 要什么材料, a procedure for 怎么办.
-_INTENT_WORDS = {
-    "where": re.compile(r"向|由|负责|管辖|委员会|人民法院|部门|街道|政府|机构"),
-    "permission": re.compile(r"可以|不得|应当|有权|禁止|必须|无效|不予|不能"),
-    "materials": re.compile(r"材料|证明|提交|提供|条件|下列"),
-    "how": re.compile(r"应当|可以|申请|经|程序|通过"),
-}
-_NUMBER = re.compile(r"[0-9]|[一二两三四五六七八九十百千]+(?:日|天|个月|年|人|元|分之|次|名|户|届|份)")
+SECOND_MARGIN = 0.3
 MAX_OPENING = 240  # characters of the opening, an expanded list included
 MAX_EXCERPT = 170  # characters quoted of each provision (the source page has the whole text); 120 until session 7
-
-
-@dataclass(frozen=True)
-class OpeningChooser(LinearModel):
-    """Which sentence opens the answer: weights over OPENING_FEATURES (FIXED_OPENING without a fit)."""
-
-    margin: float = SECOND_MARGIN  # how far behind the first a second sentence may score, on this model's scale
-
-    @classmethod
-    def load(cls, path: Path) -> OpeningChooser:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(data["weights"], data.get("embedder", ""), data.get("margin", SECOND_MARGIN))
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"weights": self.weights, "embedder": self.embedder, "margin": self.margin},
-                                   ensure_ascii=False, indent=1), encoding="utf-8")
-
-
-FIXED_CHOOSER = OpeningChooser(FIXED_OPENING)
 
 
 class ExtractiveAnswerer:
     """The opening sentence answers the intent, verbatim from a provision; then one next step the sources name
     (or the contact); then at most MAX_CITATIONS provisions, quoted in short excerpts with 【n】."""
 
-    def __init__(self, tokenizer: JiebaTokenizer, contact: str, chooser: OpeningChooser | None = None):
+    def __init__(self, tokenizer: JiebaTokenizer, contact: str):
         self.tokenizer = tokenizer
         self.contact = contact
-        self.chooser = chooser or FIXED_CHOOSER
 
     def refuse(self, query: str = "", injection: bool = False, again: int = 0) -> Answer:
         return Answer(refusal_text(self.contact, injection, again), (), AnswerKind.REFUSED, query,
@@ -195,63 +157,45 @@ class ExtractiveAnswerer:
             for i, h in enumerate(hits, 1)
         )
 
-    def candidates(self, query: str, hits: Sequence[ScoredChunk], intent: str = "", avoid: Sequence[str] = (),
-                   sims: Mapping[str, tuple[tuple[str, float], ...]] | None = None, question: str = ""
-                   ) -> list[tuple[dict[str, float], int, str]]:
-        """(features, index into hits, sentence) of each sentence of the close provisions that may open the answer:
-        a list lead-in ("具有下列情形之一的：") comes expanded with its items where they fit; an opening the
-        conversation already had is left out. `question`: the turn's own words, when `query` is a follow-up
-        condensed with the earlier question (own_lexical)."""
+    def ranked(self, query: str, hits: Sequence[ScoredChunk], intent: str = "", avoid: Sequence[str] = (),
+               sims: Mapping[str, tuple[tuple[str, float], ...]] | None = None) -> list[tuple[float, int, str]]:
+        """(score, index into hits, sentence), best first: the sentences of the close provisions that answer the
+        query. A good one shares the query's content words and, where sentence vectors exist, is the closest in
+        meaning; one that gives what the intent asks for (a time limit for 多久) is preferred; a list lead-in
+        ("具有下列情形之一的：") is expanded with its items or passed over; an opening the conversation already had
+        is never repeated."""
         words = set(self.tokenizer.tokens(query))
-        own_words = set(self.tokenizer.tokens(question)) if question else words
         sign = INTENT_SIGNS.get(intent)
-        cue = _INTENT_WORDS.get(intent)
         seen = {_normal(a) for a in avoid}
         sims = sims or {}
-        all_sims = [sim for h in hits for _, sim in sims.get(h.chunk.id, ())]
-        best_sim, floor_sim = (max(all_sims), min(all_sims)) if all_sims else (0.0, 0.0)
-        top = (hits[0].score if hits else 0.0) or 1.0
-        found = []
+        best_sim = max((sim for h in hits for _, sim in sims.get(h.chunk.id, ())), default=0.0)
+        top = hits[0].score or 1.0
+        candidates = []  # (lexical score, sim, index, text, penalty)
         for n, hit in enumerate(hits):
             by_text = dict(sims.get(hit.chunk.id, ()))
             sentences = split_sentences(provision_text(hit.chunk.body))  # short items kept, for list expansion
-            first = True
             for i, sentence in enumerate(sentences):
                 if len(sentence) < MIN_CHARS:
                     continue
                 text, listed = _expand_list(sentences, i)
                 if _normal(text) in seen:
-                    first = False
                     continue
-                tokens = set(self.tokenizer.tokens(text))
+                shared = words & set(self.tokenizer.tokens(text))
                 # Normalising by length favours a precise sentence over a long one that mentions everything.
-                norm = math.sqrt(len(sentence) + 10)
-                sim = by_text.get(sentence)
-                found.append(({
-                    "lexical": sum(len(w) for w in words & tokens) / norm,
-                    "own_lexical": sum(len(w) for w in own_words & tokens) / norm,
-                    "sentence": (sim if sim is not None else floor_sim) - best_sim,
-                    "provision": min(1.0, hit.score / top) - 1.0,  # the higher-ranked provision wins a tie
-                    "no_sign": float(sign is not None and not sign.search(text)),  # "要多久？" wants a time limit
-                    "lead": float(bool(_LIST_LEAD.search(sentence)) and not listed),  # a lead-in without its items
-                    "number": float(bool(_NUMBER.search(text))),
-                    "intent_word": float(bool(cue is not None and cue.search(text))),
-                    "first": float(first),
-                    "length": min(len(text), MAX_OPENING) / MAX_OPENING,
-                }, n, text))
-                first = False
-        for key in ("lexical", "own_lexical"):  # relative to the best candidate of this answer
-            best = max((row[key] for row, _, _ in found), default=0.0) or 1.0
-            for row, _, _ in found:
-                row[key] /= best
-        return found
-
-    def ranked(self, query: str, hits: Sequence[ScoredChunk], intent: str = "", avoid: Sequence[str] = (),
-               sims: Mapping[str, tuple[tuple[str, float], ...]] | None = None, question: str = ""
-               ) -> list[tuple[float, int, str]]:
-        """(score, index into hits, sentence), best first: the candidates() as the opening chooser scores them."""
-        out = [(self.chooser.score(row), n, text)
-               for row, n, text in self.candidates(query, hits, intent, avoid, sims, question)]
+                lexical = sum(len(w) for w in shared) / math.sqrt(len(sentence) + 10)
+                bonus = 0.2 * (min(1.0, hit.score / top) - 1.0)  # the higher-ranked provision wins a tie
+                if sign is not None and not sign.search(text):
+                    bonus -= INTENT_BONUS  # "要多久？" is not answered by a sentence without a time limit
+                if _LIST_LEAD.search(sentence) and not listed:
+                    bonus -= 0.6  # a lead-in whose items could not be attached does not answer anything
+                candidates.append((lexical, by_text.get(sentence), n, text, bonus))
+        top_lexical = max((c[0] for c in candidates), default=0.0) or 1.0
+        out = []
+        for lexical, sim, n, text, bonus in candidates:
+            score = lexical / top_lexical + bonus
+            if sim is not None:
+                score += SENTENCE_WEIGHT * (sim - best_sim)
+            out.append((score, n, text))
         out.sort(key=lambda c: -c[0])
         return out
 
@@ -259,36 +203,23 @@ class ExtractiveAnswerer:
                ) -> Iterator[StreamEvent]:
         return answer_events(self.answer(retrieval, deadline, plan))
 
-    def opening_candidates(self, retrieval: Retrieval, plan: TurnPlan | None = None
-                           ) -> list[tuple[dict[str, float], int, str]]:
-        """What answer() weighs for the opening, before any fallback (calibration: evals/opening.py)."""
-        close, intent, avoid, question = self._opening_inputs(retrieval, plan)
-        return self.candidates(retrieval.query, close, intent, avoid, retrieval.sentences, question)
-
-    def _opening_inputs(self, retrieval: Retrieval, plan: TurnPlan | None
-                        ) -> tuple[list[ScoredChunk], str, list[str], str]:
-        """(the close provisions, the intent, the conversation's earlier openings, the turn's own words when the
-        query is it condensed with the history)."""
-        intent = plan.intent if plan else ""
-        avoid = [_opening(t.content) for t in (plan.history if plan else ()) if t.role == "assistant"]
-        question = plan.question if plan is not None and plan.query != plan.question else ""
-        return self.select(retrieval, intent), intent, avoid, question
-
     def answer(self, retrieval: Retrieval, deadline: float | None = None, plan: TurnPlan | None = None) -> Answer:
         if not retrieval.evidence.covered:
             return self.refuse(retrieval.query, again=refusals_before(plan))
-        close, intent, avoid, question = self._opening_inputs(retrieval, plan)
-        ranked = self.ranked(retrieval.query, close, intent, avoid, retrieval.sentences, question)
+        intent = plan.intent if plan else ""
+        close = self.select(retrieval, intent)
+        avoid = [_opening(t.content) for t in (plan.history if plan else ()) if t.role == "assistant"]
+        ranked = self.ranked(retrieval.query, close, intent, avoid, retrieval.sentences)
         if not ranked and len(close) < len(retrieval.hits):
             # Every sentence of the close provisions was an earlier opening ("有没有时间限制？" after the question
             # its one article answered): the next hits may say more, and an answer never opens as the last did.
             close = list(retrieval.hits)
-            ranked = self.ranked(retrieval.query, close, intent, avoid, retrieval.sentences, question)
+            ranked = self.ranked(retrieval.query, close, intent, avoid, retrieval.sentences)
         if not ranked:  # every sentence was an earlier opening: say the top provision's first words again
             ranked = [(0.0, 0, provision_text(close[0].chunk.body)[:MAX_OPENING])]
         top_score, at, opening = ranked[0]
         # A second sentence when another one is nearly as good: the answer often needs both (期限 and 起算).
-        second = next(((n, t) for score, n, t in ranked[1:] if score >= top_score - self.chooser.margin
+        second = next(((n, t) for score, n, t in ranked[1:] if score >= top_score - SECOND_MARGIN
                        and t not in opening and opening not in t), None)
         # The provision the opening comes from is 【1】; the second sentence's (or the next closest) supports it.
         order = [at] + ([second[0]] if second and second[0] != at else [])

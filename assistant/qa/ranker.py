@@ -71,15 +71,15 @@ def rank_features(pool: Sequence[ScoredChunk], sentences: SentenceSims, intent: 
 
 
 @dataclass(frozen=True)
-class LinearModel:
-    """score = Σ weight · feature, fitted on pairs (evals/ranker.py fit): a right candidate against a wrong one of the
-    same question, so that only differences within one question count. A feature without a weight counts nothing."""
+class ArticleRanker:
+    """score = Σ weight · feature, fitted on pairs (evals/ranker.py): a chunk that holds the provision asked for
+    against one of the same pool that does not, so that only differences within a pool count."""
 
     weights: dict[str, float]
-    embedder: str = ""  # the cosine features were measured with this embedder; another needs a refit
+    embedder: str = ""  # the dense features were measured with this embedder; another needs a refit
 
     @classmethod
-    def load(cls, path: Path):
+    def load(cls, path: Path) -> ArticleRanker:
         data = json.loads(path.read_text(encoding="utf-8"))
         return cls(data["weights"], data.get("embedder", ""))
 
@@ -88,12 +88,7 @@ class LinearModel:
                                    indent=1), encoding="utf-8")
 
     def score(self, row: Mapping[str, float]) -> float:
-        return sum(w * row.get(f, 0.0) for f, w in self.weights.items())
-
-
-@dataclass(frozen=True)
-class ArticleRanker(LinearModel):
-    """The provision ranker: a chunk that holds the provision asked for against one of the same pool that does not."""
+        return sum(w * row[f] for f, w in self.weights.items())
 
     def rerank(self, pool: Sequence[ScoredChunk], rows: Sequence[Mapping[str, float]]) -> list[ScoredChunk]:
         """The pool by the model's score. ScoredChunk.score becomes twice the modelled chance that the chunk beats
