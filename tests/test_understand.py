@@ -60,13 +60,13 @@ ANSWERED = [Turn("user", "申请司法确认要交钱吗"),
                               "【2】《昆山：以高质量党建赋能高效能治理》优化民生服务 创新小区治理路径：…成立物业巡回法庭…")]
 
 
-def test_a_plan_knows_what_the_last_answer_cited_even_past_the_cut_of_a_history_turn(understander):
+def test_a_plan_knows_what_the_last_answer_cited_past_a_refusal_and_the_cut_of_a_history_turn(understander):
     padded = [ANSWERED[0], Turn("assistant", "很长的回答。" * 200 + ANSWERED[1].content)]  # list past MAX_TURN_CHARS
     for history in (ANSWERED, padded):
         assert understander.plan("要多久？", history).cited_before == (
             "《最高人民法院关于人民调解协议司法确认程序的若干规定》第十一条", "《昆山：以高质量党建赋能高效能治理》优化民生服务 创新小区治理路径")
     refused = [*ANSWERED, Turn("user", "那房价呢？"), Turn("assistant", "抱歉，我在已收录的政策文件中没有找到能回答这个问题的依据。")]
-    assert understander.plan("要多久？", refused).cited_before == ()  # the last answer cited nothing
+    assert understander.plan("要多久？", refused).cited_before == understander.plan("要多久？", ANSWERED).cited_before
     assert understander.plan("要多久？", [Turn("user", "申请司法确认要交钱吗")]).cited_before == ()
 
 

@@ -53,7 +53,6 @@ class JiebaTokenizer:
                 out.append(tok)
         return out
 
-
     def nouns(self, text: str) -> list[str]:
         """"红烧肉怎么做" → ["红烧肉"]; "不够了怎么办" → []: the words jieba's tagger takes for nouns, lower-cased
         (names of people left out: it takes the verb 张罗 for one)."""

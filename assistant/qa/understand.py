@@ -104,8 +104,10 @@ DATUMS = {
               re.compile(r"[0-9零一二三四五六七八九十百千万.]+\s*(?:元|块|角)|百分之|[0-9]\s*[%％]|不收|免费|无偿")),
     "clock": (re.compile(r"几点|营业时间|开放时间|办公时间|上班时间|开门|关门|开不开放|开放吗|上不上班|上班吗|首班|末班"),
               re.compile(r"[0-9一二三四五六七八九十]+\s*(?:点|时|:|：)[0-9〇零一二三四五六七八九十半]*|[上下]午|工作日|节假日")),
-    # "明天我们小区停不停水" asks whether something happens then; "我儿子下个月要入党宣誓" only tells when.
-    "date": (re.compile(r"(?:明天|今天|今晚|后天|下周|本周|这周|这两天|这几天)[^，。？！,?!]{0,14}?(?:(.)不\1|吗|有没有|是不是)"),
+    # "明天我们小区停不停水" asks whether something happens then; "我儿子下个月要入党宣誓" or "今天物业停了我家的水，
+    # 合法吗" only tell when.
+    "date": (re.compile(r"(?:明天|今天|今晚|后天|下周|本周|这周|这两天|这几天)[^，。？！,?!]{0,14}?"
+                        r"(?:(.)不\1|有没有(?!权)|会不会|是不是要)"),
              re.compile(r"[0-9一二三四五六七八九十]+月[0-9一二三四五六七八九十]+日|星期[一二三四五六日天]|周[一二三四五六日]")),
     "contact": (re.compile(r"地址|电话是多少|电话多少|电话号码|联系电话|电话能查|查电话|手机号|联系方式|热线是|号码是多少|怎么走"
                            r"|下载|官网|网址|APP|app|小程序|密码|登录|登不上|注册"),
@@ -296,11 +298,14 @@ _CITED_SCAN_CHARS = 4000  # of the last answer: its list of provisions comes aft
 
 
 def cited_before(history: Sequence[Turn]) -> tuple[str, ...]:
-    """The provisions the assistant's last answer cited, by their labels (types.provision_label):
-    ("《江苏省物业管理条例》第十三条",); () when it cited none (a refusal, small talk) or is not one of ours."""
+    """The provisions the assistant's latest answer with a list of them cited, by their labels
+    (types.provision_label): ("《江苏省物业管理条例》第十三条",). A refusal or small talk in between is passed
+    over, as the condenser passes over its question; () when no answer of ours cited any."""
     for turn in reversed(history):
         if turn.role == "assistant":
-            return tuple(dict.fromkeys(_CITED_LINE.findall(printable(turn.content)[:_CITED_SCAN_CHARS])))
+            cited = tuple(dict.fromkeys(_CITED_LINE.findall(printable(turn.content)[:_CITED_SCAN_CHARS])))
+            if cited:
+                return cited
     return ()
 
 
@@ -345,8 +350,8 @@ class Understander:
     def plan(self, question: str, history: Sequence[Turn] = ()) -> TurnPlan:
         question = self.normalise(question)
         recent = self.recent(history)
-        # From the whole last answer, not its cut to MAX_TURN_CHARS: the provisions are listed at its end.
-        cited = cited_before(tuple(history)[-2:])
+        # From the whole answers, not their cut to MAX_TURN_CHARS: the provisions are listed at the end.
+        cited = cited_before(tuple(history)[-2 * self.max_history_turns :])
         if is_injection(question):
             return TurnPlan(question, TurnKind.INJECTION, question, recent)
         intent = smalltalk_intent(question) or self.loose_smalltalk(question)
