@@ -77,6 +77,15 @@ def test_a_follow_up_whose_one_close_article_was_the_last_opening_opens_elsewher
     assert len(openings) >= 2 and len(set(openings)) == len(openings), openings
 
 
+def test_a_follow_up_whose_best_sentence_was_the_last_opening_says_it_after_a_new_opening(module_services):
+    """"那要多久？" after 业主大会 asks what the first answer opened with (九十日内): it does not open the second
+    answer again, but it follows the new opening, before the quoted provisions."""
+    first, second = _turns(module_services, "新小区住进来一大半了，还没开过业主大会，第一次什么时候该开", "那要多久？")
+    opening = first.text.split("【1】")[0]
+    assert "九十日内" in opening and not second.text.startswith(opening)
+    assert opening in second.text.split("相关条文")[0]
+
+
 def test_a_short_turn_not_covered_alone_is_retried_with_the_conversation(module_services):
     """"签完去哪里备案？" names a word of its own (备案), so it is judged alone first; alone it is not answerable, and
     the conversation (a 物业服务合同 question) says what it is about (qa/pipeline.py resolve)."""

@@ -221,6 +221,13 @@ class ExtractiveAnswerer:
         # A second sentence when another one is nearly as good: the answer often needs both (期限 and 起算).
         second = next(((n, t) for score, n, t in ranked[1:] if score >= top_score - SECOND_MARGIN
                        and t not in opening and opening not in t), None)
+        if avoid:
+            # The best sentence of all may be the one an earlier answer opened with ("那要多久？" after the question
+            # its one article answered with 九十日内): it never opens again, but it may follow the new opening.
+            best_score, best_at, best = (self.ranked(retrieval.query, close, intent, (), retrieval.sentences)
+                                         or [(0.0, 0, opening)])[0]
+            if best_score > top_score and best not in opening and opening not in best:
+                second = (best_at, best)
         # The provision the opening comes from is 【1】; the second sentence's (or the next closest) supports it.
         order = [at] + ([second[0]] if second and second[0] != at else [])
         order += [n for n in range(len(close)) if n not in order]
