@@ -41,6 +41,15 @@ def test_a_short_earlier_turn_carries_its_own_predecessor_along():
     assert CONDENSER.condense("那要多久？", history) == "业主大会第一次开会谁来组织？ 张罗开会的钱谁掏 那要多久？"
 
 
+def test_a_chain_of_short_turns_goes_back_to_the_question_that_named_the_topic():
+    history = [Turn("user", "业主大会第一次开会谁来组织？"), Turn("assistant", "……【1】"),
+               Turn("user", "谁来牵头张罗"), Turn("assistant", "……【1】"),
+               Turn("user", "张罗开会的钱谁掏"), Turn("assistant", "……【1】")]
+    assert CONDENSER.condense("那要多久？", history) == "业主大会第一次开会谁来组织？ 谁来牵头张罗 张罗开会的钱谁掏 那要多久？"
+    longer = [Turn("user", "物业服务合同到期了怎么办？"), Turn("assistant", "……"), *history]
+    assert CONDENSER.condense("那要多久？", longer).startswith("业主大会")  # at most three earlier questions
+
+
 def test_a_question_the_assistant_refused_is_not_the_topic_of_the_next_follow_up():
     # "谁来牵头张罗" was refused; "那要多久？" asks about the 业主大会 of the turn before it, which was answered.
     history = [Turn("user", "还没开过业主大会，什么时候该开第一次"),

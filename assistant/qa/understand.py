@@ -206,6 +206,7 @@ _LEANS_ON_CONTEXT = re.compile(
 _UNPRINTABLE = re.compile(r"[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_TURN_CHARS = 500  # of each history turn: condensation needs the topic, not a whole pasted document
 _SHORT = 12  # characters: a short question without a topic of its own ("要多久？", "去哪申请？") leans on context
+MAX_CHAIN = 3  # earlier questions a follow-up is condensed with, at most
 
 
 def printable(text: str | None) -> str:
@@ -263,12 +264,14 @@ class Condenser:
         if not earlier:
             # Only an assistant turn (e.g. a WeChat welcome): its first sentence still names the topic.
             earlier = [re.split(r"[。！？\n]", recent[-1].content.strip(), maxsplit=1)[0][:60]]
-        # The latest user question carries the topic; one more earlier question helps a chain of follow-ups.
-        context = earlier[-1]
-        # A short earlier turn most likely leaned on the one before it too ("张罗开会的钱谁掏" after 业主大会).
-        if (self.needs_context(context) or len(context) <= _SHORT) and len(earlier) > 1:
-            context = f"{earlier[-2]} {context}"
-        return f"{context} {question}"
+        # The latest user question carries the topic. A short earlier turn most likely leaned on the one before it
+        # too: a chain of them goes back to the question that named the topic ("谁来牵头张罗", "张罗开会的钱谁掏",
+        # "那要多久？" after 业主大会), at most MAX_CHAIN questions.
+        chain = [earlier[-1]]
+        while (len(chain) < MAX_CHAIN and len(chain) < len(earlier)
+               and (self.needs_context(chain[0]) or len(chain[0]) <= _SHORT)):
+            chain.insert(0, earlier[-len(chain) - 1])
+        return " ".join([*chain, question])
 
 
 # How a refusal opens (qa/compose.py words it): known here so that a refused turn can be told in the history.
