@@ -26,7 +26,7 @@ from assistant.index.kb import DEFAULT_KB, KbIndex, Registry, Shelf, kb_dir, rem
 from assistant.index.lexical import JiebaTokenizer, LexicalIndex
 from assistant.index.store import ChromaCatalog, ChromaDocument, ChromaStore
 from assistant.index.synonyms import QueryExpander, SynonymError
-from assistant.qa.compose import Answerer, ExtractiveAnswerer
+from assistant.qa.compose import Answerer, ExtractiveAnswerer, label
 from assistant.qa.evidence import AnswerabilityModel
 from assistant.qa.pipeline import Explanation, QuestionPipeline
 from assistant.qa.ranker import ArticleRanker
@@ -58,6 +58,19 @@ from ingest.splitter import ChineseSplitter
 
 log = logging.getLogger("xiaoyu")
 WEB_SESSIONS = "web"  # the namespace of every session a browser or API client may name
+
+
+REMEMBERED_CHARS = 300  # of an answer's text, in a session's history
+
+
+def remembered(answer: Answer) -> str:
+    """What a session keeps of an answer: the lead of its text (condensation needs the topic, not every quoted
+    provision) and the names of the provisions it cited, in the answer's own list format, so that the next turn
+    knows what it cited (understand.cited_before) however long the lead was."""
+    lead = answer.text.split("\n\n相关条文：", 1)[0][:REMEMBERED_CHARS]
+    if not answer.citations:
+        return lead
+    return lead + "\n\n相关条文：\n" + "\n".join(f"【{c.index}】{label(c)}：…" for c in answer.citations)
 
 
 def _web_key(session_id: str) -> str:
@@ -193,8 +206,7 @@ class ChatService:
                 # Random, not the row number: feedback names an answer, and nobody can rate the answers of others.
                 answer = replace(event.answer, session_id=session_id, answer_id=secrets.token_urlsafe(12))
                 if key:
-                    # Only the lead of a long answer is kept: condensation needs the topic, not every provision.
-                    self._sessions.append(key, Turn("user", plan.question), Turn("assistant", answer.text[:300]))
+                    self._sessions.append(key, Turn("user", plan.question), Turn("assistant", remembered(answer)))
                 self._questions.record(channel, user or session_id, plan.question, answer,
                                        (time.perf_counter() - started) * 1000,
                                        retrieval.evidence if retrieval else None,
@@ -807,7 +819,7 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
                                 settings.index_poll_seconds, load_ranker(settings, embedder))
     terms = tokenizer.user_terms | expander.terms
     vocabulary = Vocabulary(tokenizer.tokens, lambda word: word in terms or retriever.knows(word),
-                            read_terms(settings.out_of_scope_path), tokenizer.nouns)
+                            read_terms(settings.out_of_scope_path))
     rules = Condenser(terms, settings.max_history_turns, vocabulary)
     understander = Understander(rules, settings.max_question_chars, settings.max_history_turns)
     answerer: Answerer = ExtractiveAnswerer(tokenizer, settings.contact)

@@ -3,7 +3,9 @@ and the shape of an answer a resident reads."""
 
 import re
 
-from assistant.types import AnswerKind, Channel, Turn
+from assistant.qa.compose import label
+from assistant.services import REMEMBERED_CHARS, remembered
+from assistant.types import Answer, AnswerKind, Channel, Citation, Turn
 
 
 def _turns(services, *questions: str):
@@ -84,6 +86,25 @@ def test_a_follow_up_whose_best_sentence_was_the_last_opening_says_it_after_a_ne
     opening = first.text.split("【1】")[0]
     assert "九十日内" in opening and not second.text.startswith(opening)
     assert opening in second.text.split("相关条文")[0]
+
+
+def test_a_session_remembers_which_provisions_its_answers_cited_however_long_they_were(kb_services):
+    first = kb_services.chat.ask("调解协议想去法院做司法确认，要去哪个法院，有时间限制吗", start_session=True)
+    kb_services.chat.ask("那要多久？", session_id=first.session_id)
+    follow = next(q for q in kb_services.staff.questions() if q.question == "那要多久？")
+    kept = follow.condensed_with[-1].content
+    assert kept.startswith(first.text.split("\n\n相关条文")[0][:REMEMBERED_CHARS])
+    assert first.citations and all(f"【{c.index}】{label(c)}：" in kept for c in first.citations)
+    assert len(kept) < len(first.text)  # the quoted provisions themselves are not kept
+
+
+def test_remembering_an_answer_keeps_its_lead_and_the_names_of_what_it_cited():
+    citation = Citation(1, "物业/江苏省物业管理条例.md", "江苏省物业管理条例", "第三章 > 第十三条", "……")
+    long = Answer("甲" * 400 + "【1】\n\n相关条文：\n【1】《江苏省物业管理条例》第十三条：" + "乙" * 300, (citation,),
+                  AnswerKind.ANSWERED)
+    assert remembered(long) == "甲" * REMEMBERED_CHARS + "\n\n相关条文：\n【1】《江苏省物业管理条例》第十三条：…"
+    refusal = Answer("抱歉，我在已收录的政策文件中没有找到能回答这个问题的依据。", (), AnswerKind.REFUSED)
+    assert remembered(refusal) == refusal.text
 
 
 def test_a_short_turn_not_covered_alone_is_retried_with_the_conversation(module_services):

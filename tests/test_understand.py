@@ -86,18 +86,6 @@ def test_a_domain_term_that_contains_an_off_topic_word_is_not_off_topic(understa
     assert plan.off_topic == ()
 
 
-def test_only_unknown_nouns_make_a_short_turn_foreign_to_the_conversation():
-    """"不够了怎么办" after a question on 维修资金 uses a word no provision has (不够: 余额不足), but it says something
-    more of the topic before it, while "红烧肉怎么做" names a thing of its own."""
-    tokenizer = JiebaTokenizer(BUNDLED_KB / "userdict.dic")
-    known = {"维修", "资金", "怎么"}.__contains__
-    tagged = Condenser({"维修资金"}, 6, Vocabulary(tokenizer.tokens, known, (), tokenizer.nouns))
-    untagged = Condenser({"维修资金"}, 6, Vocabulary(tokenizer.tokens, known))
-    assert tokenizer.nouns("红烧肉怎么做") == ["红烧肉"] and tokenizer.nouns("不够了怎么办") == []
-    assert tagged.needs_context("不够了怎么办") and not untagged.needs_context("不够了怎么办")
-    assert not tagged.needs_context("红烧肉怎么做")
-
-
 def test_thanks_between_two_questions_does_not_become_the_topic(understander):
     history = [*HISTORY, Turn("user", "谢谢"), Turn("assistant", "不客气！")]
     assert understander.plan("那要多久？", history).query == "调解协议怎么申请司法确认？ 那要多久？"

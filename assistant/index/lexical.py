@@ -35,7 +35,6 @@ class JiebaTokenizer:
         if user_dict is not None and user_dict.is_file():
             self._tk.load_userdict(str(user_dict))
         self._tk.initialize()
-        self._pos = None  # jieba.posseg over the same dictionary, made on first use (nouns)
 
     @property
     def user_terms(self) -> set[str]:
@@ -52,16 +51,6 @@ class JiebaTokenizer:
             if tok and tok not in STOPWORDS and _TOKEN_OK.search(tok):
                 out.append(tok)
         return out
-
-    def nouns(self, text: str) -> list[str]:
-        """"红烧肉怎么做" → ["红烧肉"]; "不够了怎么办" → []: the words jieba's tagger takes for nouns, lower-cased
-        (names of people left out: it takes the verb 张罗 for one)."""
-        if self._pos is None:
-            import jieba.posseg
-
-            self._pos = jieba.posseg.POSTokenizer(self._tk)
-        return [p.word.lower() for p in self._pos.cut(text)
-                if (p.flag.startswith("n") and p.flag != "nr") or p.flag in ("vn", "eng")]
 
 
 K1, B = 1.2, 0.75  # BM25's usual constants (Lucene's defaults)

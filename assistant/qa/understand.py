@@ -164,25 +164,18 @@ class Vocabulary:
     such a turn is judged alone, never glued onto the previous topic (Condenser.needs_context)."""
 
     def __init__(self, tokens: Callable[[str], list[str]], known: Callable[[str], bool],
-                 off_topic: Iterable[str] = (), nouns: Callable[[str], list[str]] | None = None):
+                 off_topic: Iterable[str] = ()):
         self.tokens = tokens
         self.known = known
         self.off_topic = tuple(sorted({t for t in off_topic if t}, key=len, reverse=True))
-        self.nouns = nouns  # None: every unknown word counts towards foreign(), not only the nouns
 
     def off_topic_terms(self, question: str) -> tuple[str, ...]:
         """"昆山房价多少，学区房贵吗" → ("学区房", "房价")."""
         return tuple(t for t in self.off_topic if t in question)
 
     def foreign(self, question: str) -> bool:
-        """Half or more of the content words are ones the knowledge base never uses. Only nouns count, where a
-        tagger is given: "红烧肉怎么做" names a thing of its own, "不够了怎么办" or "最重的是哪个" only says something
-        more of the thing the conversation is about."""
         words = [w for w in self.tokens(question) if len(w) >= 2]
         unknown = [w for w in words if not self.known(w)]
-        if self.nouns is not None and unknown:
-            nouns = self.nouns(question)  # a search-mode piece counts when it is part of a noun: 红烧 of 红烧肉
-            unknown = [w for w in unknown if any(w in n for n in nouns)]
         return bool(words) and len(unknown) * 2 >= len(words)
 
 
