@@ -26,7 +26,7 @@ from assistant.index.kb import DEFAULT_KB, KbIndex, Registry, Shelf, kb_dir, rem
 from assistant.index.lexical import JiebaTokenizer, LexicalIndex
 from assistant.index.store import ChromaCatalog, ChromaDocument, ChromaStore
 from assistant.index.synonyms import QueryExpander, SynonymError
-from assistant.qa.compose import Answerer, ExtractiveAnswerer, label
+from assistant.qa.compose import PROVISIONS_HEADING, Answerer, ExtractiveAnswerer, provision_line
 from assistant.qa.evidence import AnswerabilityModel
 from assistant.qa.pipeline import Explanation, QuestionPipeline
 from assistant.qa.ranker import ArticleRanker
@@ -67,10 +67,10 @@ def remembered(answer: Answer) -> str:
     """What a session keeps of an answer: the lead of its text (condensation needs the topic, not every quoted
     provision) and the names of the provisions it cited, in the answer's own list format, so that the next turn
     knows what it cited (understand.cited_before) however long the lead was."""
-    lead = answer.text.split("\n\n相关条文：", 1)[0][:REMEMBERED_CHARS]
+    lead = answer.text.split(PROVISIONS_HEADING, 1)[0][:REMEMBERED_CHARS]
     if not answer.citations:
         return lead
-    return lead + "\n\n相关条文：\n" + "\n".join(f"【{c.index}】{label(c)}：…" for c in answer.citations)
+    return f"{lead}{PROVISIONS_HEADING}\n" + "\n".join(provision_line(c, "…") for c in answer.citations)
 
 
 def _web_key(session_id: str) -> str:

@@ -188,9 +188,13 @@ class FollowUp:
     question: str
     cited: tuple[str, ...]
 
-    def documents(self) -> frozenset[str]:
-        """The cited provisions' documents: "《人民调解法》第七条" → "《人民调解法》"."""
-        return frozenset(c.split("》", 1)[0] + "》" for c in self.cited)
+    def cites(self, title: str, section: str) -> bool:
+        """Whether the answer cited this provision."""
+        return provision_label(title, section) in self.cited
+
+    def cites_document(self, title: str) -> bool:
+        """Whether the answer cited a provision of this document: "《人民调解法》第七条" is one of 《人民调解法》."""
+        return any(c.startswith(provision_label(title, "")) for c in self.cited)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,8 +51,8 @@ def test_a_follow_ups_features_say_what_the_last_answer_cited_and_what_its_own_w
             ScoredChunk(Chunk("c", "丙。", "c.md", "别的条例", "c", 0, 2, "物业"), 0.01, 0.0, 0.87, None, 2)]
     sims = {cid: (("x", 0.9),) for cid in "abc"}
     own_sims = {"a": (("甲。", 0.80),), "b": (("乙。", 0.95),), "c": (("丙。", 0.85),)}
-    rows = rank_features(pool, sims, "", {"词": 1.0}, lambda h: frozenset(), ("《标题》a",), {"b": 1.0, "a": 0.4},
-                         own_sims)
+    rows = rank_features(pool, sims, "", {"词": 1.0}, lambda h: frozenset(), FollowUp("它", ("《标题》a",)),
+                         {"b": 1.0, "a": 0.4}, own_sims)
     a, b, c = rows
     assert (a["cited_article"], b["cited_article"], c["cited_article"]) == (1.0, 0.0, 0.0)
     assert (a["cited_doc"], b["cited_doc"], c["cited_doc"]) == (1.0, 1.0, 0.0)  # a and b are of 《标题》

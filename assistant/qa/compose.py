@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from assistant.index.lexical import JiebaTokenizer
 from assistant.index.sentences import MIN_CHARS, provision_text, split_sentences
@@ -35,6 +35,16 @@ RUNNER_UP_RATIO = 0.6
 def label(hit_or_citation) -> str:
     """《物业管理条例》第四十一条 — how a provision is named to residents."""
     return provision_label(hit_or_citation.title, hit_or_citation.section)
+
+
+# The extractive answer lists its provisions under this heading, one provision_line each (the WeChat format, a
+# session's memory of an answer and understand.cited_before read that list).
+PROVISIONS_HEADING = "\n\n相关条文："
+
+
+def provision_line(citation: Citation, quoted: str) -> str:
+    """"【1】《物业管理条例》第四十一条：业主应当……"."""
+    return f"【{citation.index}】{label(citation)}：{quoted}"
 
 
 def refusal_text(contact: str, injection: bool = False, again: int = 0) -> str:
@@ -164,13 +174,17 @@ class ExtractiveAnswerer:
         meaning; one that gives what the intent asks for (a time limit for 多久) is preferred; a list lead-in
         ("具有下列情形之一的：") is expanded with its items or passed over; an opening the conversation already had
         is never repeated."""
+        return _scored(self._candidates(query, hits, intent, sims), avoid)
+
+    def _candidates(self, query: str, hits: Sequence[ScoredChunk], intent: str,
+                    sims: Mapping[str, tuple[tuple[str, float], ...]] | None) -> list[_Candidate]:
+        """Every sentence that may open the answer, with what ranked() scores it by (each tokenized once)."""
         words = set(self.tokenizer.tokens(query))
         sign = INTENT_SIGNS.get(intent)
-        seen = {_normal(a) for a in avoid}
         sims = sims or {}
         best_sim = max((sim for h in hits for _, sim in sims.get(h.chunk.id, ())), default=0.0)
         top = hits[0].score or 1.0
-        candidates = []  # (lexical score, sim, index, text, penalty)
+        candidates = []
         for n, hit in enumerate(hits):
             by_text = dict(sims.get(hit.chunk.id, ()))
             sentences = split_sentences(provision_text(hit.chunk.body))  # short items kept, for list expansion
@@ -178,8 +192,6 @@ class ExtractiveAnswerer:
                 if len(sentence) < MIN_CHARS:
                     continue
                 text, listed = _expand_list(sentences, i)
-                if _normal(text) in seen:
-                    continue
                 shared = words & set(self.tokenizer.tokens(text))
                 # Normalising by length favours a precise sentence over a long one that mentions everything.
                 lexical = sum(len(w) for w in shared) / math.sqrt(len(sentence) + 10)
@@ -188,16 +200,10 @@ class ExtractiveAnswerer:
                     bonus -= INTENT_BONUS  # "要多久？" is not answered by a sentence without a time limit
                 if _LIST_LEAD.search(sentence) and not listed:
                     bonus -= 0.6  # a lead-in whose items could not be attached does not answer anything
-                candidates.append((lexical, by_text.get(sentence), n, text, bonus))
-        top_lexical = max((c[0] for c in candidates), default=0.0) or 1.0
-        out = []
-        for lexical, sim, n, text, bonus in candidates:
-            score = lexical / top_lexical + bonus
-            if sim is not None:
-                score += SENTENCE_WEIGHT * (sim - best_sim)
-            out.append((score, n, text))
-        out.sort(key=lambda c: -c[0])
-        return out
+                sim = by_text.get(sentence)
+                closeness = SENTENCE_WEIGHT * (sim - best_sim) if sim is not None else 0.0
+                candidates.append(_Candidate(lexical, bonus, closeness, n, text, _normal(text)))
+        return candidates
 
     def stream(self, retrieval: Retrieval, deadline: float | None = None, plan: TurnPlan | None = None
                ) -> Iterator[StreamEvent]:
@@ -209,12 +215,14 @@ class ExtractiveAnswerer:
         intent = plan.intent if plan else ""
         close = self.select(retrieval, intent)
         avoid = [_opening(t.content) for t in (plan.history if plan else ()) if t.role == "assistant"]
-        ranked = self.ranked(retrieval.query, close, intent, avoid, retrieval.sentences)
+        candidates = self._candidates(retrieval.query, close, intent, retrieval.sentences)
+        ranked = _scored(candidates, avoid)
         if not ranked and len(close) < len(retrieval.hits):
             # Every sentence of the close provisions was an earlier opening ("有没有时间限制？" after the question
             # its one article answered): the next hits may say more, and an answer never opens as the last did.
             close = list(retrieval.hits)
-            ranked = self.ranked(retrieval.query, close, intent, avoid, retrieval.sentences)
+            candidates = self._candidates(retrieval.query, close, intent, retrieval.sentences)
+            ranked = _scored(candidates, avoid)
         if not ranked:  # every sentence was an earlier opening: say the top provision's first words again
             ranked = [(0.0, 0, provision_text(close[0].chunk.body)[:MAX_OPENING])]
         top_score, at, opening = ranked[0]
@@ -224,8 +232,7 @@ class ExtractiveAnswerer:
         if avoid:
             # The best sentence of all may be the one an earlier answer opened with ("那要多久？" after the question
             # its one article answered with 九十日内): it never opens again, but it may follow the new opening.
-            best_score, best_at, best = (self.ranked(retrieval.query, close, intent, (), retrieval.sentences)
-                                         or [(0.0, 0, opening)])[0]
+            best_score, best_at, best = (_scored(candidates, ()) or [(0.0, 0, opening)])[0]
             if best_score > top_score and best not in opening and opening not in best:
                 second = (best_at, best)
         # The provision the opening comes from is 【1】; the second sentence's (or the next closest) supports it.
@@ -239,10 +246,9 @@ class ExtractiveAnswerer:
         text = f"{_as_sentence(opening)}【1】"
         if second:
             text += f"{_as_sentence(second[1])}【{order.index(second[0]) + 1}】"
-        lines = [text, self.next_step(opening, chosen), "", "相关条文："]
-        for c, quoted in zip(citations, excerpts):
-            lines.append(f"【{c.index}】{label(c)}：{quoted}")
-        return Answer("\n".join(lines), citations, AnswerKind.ANSWERED, retrieval.query, ComposeMode.EXTRACTIVE)
+        listed = "\n".join(provision_line(c, quoted) for c, quoted in zip(citations, excerpts))
+        text = f"{text}\n{self.next_step(opening, chosen)}{PROVISIONS_HEADING}\n{listed}"
+        return Answer(text, citations, AnswerKind.ANSWERED, retrieval.query, ComposeMode.EXTRACTIVE)
 
     def next_step(self, opening: str, hits: Sequence[ScoredChunk]) -> str:
         """Where to go next, in the sources' own words when they name it ("可以向人民法院提起诉讼"), else the contact."""
@@ -252,6 +258,25 @@ class ExtractiveAnswerer:
                 if step not in opening:
                     return f"下一步：{step}。"
         return f"如需进一步帮助，可以咨询{self.contact}。"
+
+
+class _Candidate(NamedTuple):
+    lexical: float  # query words shared, by length; scored relative to the best candidate of the answer
+    bonus: float  # the rank of its provision, the intent and list-lead penalties
+    closeness: float  # SENTENCE_WEIGHT per unit of cosine behind the closest sentence (0 without sentence vectors)
+    at: int  # index of its provision in the hits
+    text: str
+    key: str  # _normal(text): how an earlier opening is recognised
+
+
+def _scored(candidates: Sequence[_Candidate], avoid: Sequence[str]) -> list[tuple[float, int, str]]:
+    """ExtractiveAnswerer.ranked's order of the candidates that are not an earlier opening."""
+    seen = {_normal(a) for a in avoid}
+    kept = [c for c in candidates if c.key not in seen]
+    top_lexical = max((c.lexical for c in kept), default=0.0) or 1.0
+    out = [(c.lexical / top_lexical + c.bonus + c.closeness, c.at, c.text) for c in kept]
+    out.sort(key=lambda c: -c[0])
+    return out
 
 
 def refusals_before(plan: TurnPlan | None) -> int:

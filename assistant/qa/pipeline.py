@@ -74,10 +74,7 @@ class QuestionPipeline:
                  scope: Sequence[str] | None = None) -> Retrieval:
         """`scope`: the knowledge bases to search (index/kb.py Shelf.scope; None: the configured default). Evidence
         is judged within it: what another knowledge base would answer is refused here."""
-        # A follow-up most often stays with what the last answer cited; a turn with a topic of its own is judged alone.
-        follow = (FollowUp(plan.question, plan.cited_before)
-                  if plan.kind is TurnKind.FOLLOW_UP and plan.cited_before else None)
-        found = self.retriever.search(plan.query, top_k, mode, plan.intent, scope, follow)
+        found = self.retriever.search(plan.query, top_k, mode, plan.intent, scope, _follow_up(plan))
         return Retrieval(plan.query, found.hits, judge(found, self.settings, self.answerability, plan),
                          found.sentences)
 
@@ -97,9 +94,9 @@ class QuestionPipeline:
         leaning = dataclasses.replace(plan, kind=TurnKind.FOLLOW_UP, query=query, condensed_by="rules-retry")
         second = self.retrieve(leaning, top_k, mode, scope)
         own = [w for w in self.retriever.tokenizer.tokens(plan.question) if len(w) >= 2]
-        cited = FollowUp(plan.question, plan.cited_before).documents()
+        follow = _follow_up(leaning)
         if second.evidence.covered and (any(w in h.chunk.body for h in second.hits[:3] for w in own)
-                                        or any(f"《{h.chunk.title}》" in cited for h in second.hits[:1])):
+                                        or (follow is not None and follow.cites_document(second.hits[0].chunk.title))):
             return leaning, second
         return plan, retrieval
 
@@ -148,3 +145,11 @@ class QuestionPipeline:
         events = answer_events(pinned) if pinned else self.compose(plan, None if plan.kind in _NO_EVIDENCE else retrieval)
         answer = next(e.answer for e in events if e.type is EventType.DONE)
         return Explanation(plan, retrieval, answer, tuple(self.retriever.tokenizer.tokens(plan.query)))
+
+
+def _follow_up(plan: TurnPlan) -> FollowUp | None:
+    """What a follow-up continues: it most often stays with what the last answer cited. A turn with a topic of its
+    own is judged alone."""
+    if plan.kind is TurnKind.FOLLOW_UP and plan.cited_before:
+        return FollowUp(plan.question, plan.cited_before)
+    return None

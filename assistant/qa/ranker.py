@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from assistant.qa.understand import INTENT_SIGNS
-from assistant.types import ScoredChunk, provision_label
+from assistant.types import FollowUp, ScoredChunk
 
 RANK_FEATURES = ("fused", "position", "dense", "lexical", "sentence", "coverage", "intent",
                  "cited_doc", "cited_article", "own_fused", "own_sentence")
@@ -25,12 +25,12 @@ SentenceSims = Mapping[str, tuple[tuple[str, float], ...]]
 
 
 def rank_features(pool: Sequence[ScoredChunk], sentences: SentenceSims, intent: str, idf: Mapping[str, float],
-                  terms: Callable[[ScoredChunk], frozenset[str]], follows: Sequence[str] = (),
+                  terms: Callable[[ScoredChunk], frozenset[str]], follow: FollowUp | None = None,
                   own: Mapping[str, float] | None = None, own_sentences: SentenceSims | None = None
                   ) -> list[dict[str, float]]:
     """One row of RANK_FEATURES per pool chunk. `idf`: the question's content words and their idf over the scope;
-    `terms`: a chunk's BM25 terms (nothing re-tokenized). For a follow-up (else all zero): `follows`, what the
-    answer it follows on cited (provision labels), so that "那要多久？" after 第十三条 can stay with 第十三条 or its
+    `terms`: a chunk's BM25 terms (nothing re-tokenized). For a follow-up (else all zero): `follow`, what the
+    answer it follows on cited, so that "那要多久？" after 第十三条 can stay with 第十三条 or its
     regulation; `own`, chunk id → fused score of the turn's own words searched alone (relative to their best), and
     `own_sentences`, its sentences' cosines to those words (qa/retrieve.py HybridRetriever._follow)."""
     if not pool:
@@ -43,8 +43,6 @@ def rank_features(pool: Sequence[ScoredChunk], sentences: SentenceSims, intent: 
     best_sim = max((s[0] for s in sims.values() if s), default=0.0)
     total_idf = sum(idf.values()) or 1.0
     sign = INTENT_SIGNS.get(intent)
-    cited = frozenset(follows)
-    cited_docs = frozenset(f.split("》", 1)[0] + "》" for f in follows)
     own_scores = own or {}
     own_sims = {cid: max((sim for _, sim in sims), default=0.0) for cid, sims in (own_sentences or {}).items()}
     own_best = max(own_sims.values(), default=0.0)
@@ -62,8 +60,8 @@ def rank_features(pool: Sequence[ScoredChunk], sentences: SentenceSims, intent: 
             "sentence": (own[0] - best_sim) if own else dense - dense_best,
             "coverage": sum(w for t, w in idf.items() if t in held) / total_idf,
             "intent": float(bool(sign is not None and sign.search(hit.chunk.body))),
-            "cited_doc": float(f"《{hit.chunk.title}》" in cited_docs),
-            "cited_article": float(provision_label(hit.chunk.title, hit.chunk.section) in cited),
+            "cited_doc": float(follow is not None and follow.cites_document(hit.chunk.title)),
+            "cited_article": float(follow is not None and follow.cites(hit.chunk.title, hit.chunk.section)),
             "own_fused": own_scores.get(hit.chunk.id, 0.0),
             "own_sentence": own_sims.get(hit.chunk.id, own_best) - own_best,
         })

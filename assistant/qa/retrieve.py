@@ -188,7 +188,7 @@ class HybridRetriever:
         if mode == "hybrid" and s.rerank_pool:
             if self.ranker is not None:
                 rows = rank_features(pool, sentences, intent, idf, lambda h: _terms(by_kb, h),
-                                     follow.cited if follow else (), own, own_sentences)
+                                     follow, own, own_sentences)
                 # The model was fitted on the community's documents alone: the domain preference applies to its
                 # scores too, or a law with one close sentence outranks the community's rule again.
                 pool = prefer_domain(self.ranker.rerank(pool, rows), s.reference_categories, s.reference_weight)
@@ -206,8 +206,7 @@ class HybridRetriever:
         asks for another article of the same law. The best FOLLOW_EXTRA of those join the pool; every pool chunk
         gets its fused score in that search (relative to its best) and its sentences' cosines to the words alone."""
         own_fused, _, _, own_vector = self._fused(follow.question, "hybrid", n, indexes, snaps)
-        docs = follow.documents()
-        mine = [h for h in own_fused if f"《{h.chunk.title}》" in docs]
+        mine = [h for h in own_fused if follow.cites_document(h.chunk.title)]
         if not mine:
             return pool, {}, {}
         present = {h.chunk.id for h in pool}

@@ -346,8 +346,6 @@ class Understander:
     def plan(self, question: str, history: Sequence[Turn] = ()) -> TurnPlan:
         question = self.normalise(question)
         recent = self.recent(history)
-        # From the whole answers, not their cut to MAX_TURN_CHARS: the provisions are listed at the end.
-        cited = cited_before(tuple(history)[-2 * self.max_history_turns :])
         if is_injection(question):
             return TurnPlan(question, TurnKind.INJECTION, question, recent)
         intent = smalltalk_intent(question) or self.loose_smalltalk(question)
@@ -356,6 +354,8 @@ class Understander:
         intent = question_intent(question)
         vocabulary = self.condenser.vocabulary
         off_topic = vocabulary.off_topic_terms(self.condenser.without_topics(question)) if vocabulary else ()
+        # From the whole answers, not their cut to MAX_TURN_CHARS: the provisions are listed at the end.
+        cited = cited_before(tuple(history)[-2 * self.max_history_turns :])
         if recent and self.condenser.needs_context(question):
             return TurnPlan(question, TurnKind.FOLLOW_UP, self.condenser.condense(question, recent), recent, "rules",
                             intent, off_topic, cited)

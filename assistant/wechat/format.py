@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from assistant.qa.compose import label
+from assistant.qa.compose import PROVISIONS_HEADING, label
 from assistant.types import Answer
 
 MORE_HINT = "回复“继续”查看更多"
@@ -41,8 +41,6 @@ WELCOME = (
     "回复“重新开始”可清空对话。"
 )
 
-# The extractive answerer lists whole provisions under this heading; WeChat shows short labels and the quotes.
-_PROVISIONS_HEADING = "\n\n相关条文："
 # "【2】《物业管理条例》第四十一条：业主应当……": a provision as the extractive answer lists it.
 _LISTED = re.compile(r"^【(\d+)】《[^》]*》[^：\n]*：(.*)$", re.MULTILINE)
 _MARKDOWN = re.compile(r"\*\*|__|`|^#{1,6}\s*", re.MULTILINE)
@@ -53,7 +51,7 @@ _PIECE = re.compile(r"[^。！？；\n]*[。！？；]+[”’」』）)]*|[^。
 def format_answer(answer: Answer) -> str:
     """The answer, then 依据 lines such as 【1】《物业管理条例》第四十一条, then the quoted provisions: the excerpts the
     answer itself quotes when it has them (they keep a reply on one page), else the whole provisions."""
-    body, _, listed = answer.text.partition(_PROVISIONS_HEADING)
+    body, _, listed = answer.text.partition(PROVISIONS_HEADING)
     body = _MARKDOWN.sub("", body).strip()
     if not answer.citations:
         return body
