@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 
@@ -239,15 +240,20 @@ def cmd_eval(args) -> int:
         if several:
             show(f"== {file} ==")
         conversations = is_conversations_file(Path(file))
-        if conversations:
-            result = run_conversations(chat, load_conversations(Path(file)), args.top_k)
-            show(format_conversation_table(result))
-        else:
-            items = load_golden(Path(file))
-            result = run_eval(chat, items, args.top_k)
-            show(format_table(result))
-            # Answer modes compare two runs of the same questions; conversations would need their own replay.
-            show(format_answer_modes(answer_mode_results(extractive, items, args.top_k, args.answer_mode, result)))
+        origin = Path(file).name
+        with chat.known_questions_without(origin), (extractive.known_questions_without(origin)
+                                                    if extractive is not None and extractive is not chat
+                                                    else nullcontext()):
+            if conversations:
+                result = run_conversations(chat, load_conversations(Path(file)), args.top_k)
+                show(format_conversation_table(result))
+            else:
+                items = load_golden(Path(file))
+                result = run_eval(chat, items, args.top_k)
+                show(format_table(result))
+                # Answer modes compare two runs of the same questions; conversations would need their own replay.
+                show(format_answer_modes(answer_mode_results(extractive, items, args.top_k, args.answer_mode,
+                                                             result)))
         if args.by_category:
             for cat, m in result.by_category.items():
                 show(f"[{cat}] hit@5 {m['hit@5']:.3f} MRR {m['mrr']:.3f} section@1 {m['section_accuracy']:.3f} "
@@ -375,10 +381,11 @@ def _calibrate_ranker(args, settings) -> int:
     services.chat.record_pools(recorder)
     pools = []
     for name in map(Path, args.files):
-        if is_conversations_file(name):
-            pools += pools_from_conversations(services.chat, recorder, load_conversations(name))
-        else:
-            pools += pools_from_items(services.chat, recorder, load_golden(name))
+        with services.chat.known_questions_without(name.name):  # as `xiaoyu eval` scores the set
+            if is_conversations_file(name):
+                pools += pools_from_conversations(services.chat, recorder, load_conversations(name))
+            else:
+                pools += pools_from_items(services.chat, recorder, load_golden(name))
     ranker = fit(pools, embedder.name)
     out = Path(args.out) if args.out else settings.data_dir / "ranker.json"
     ranker.save(out)

@@ -262,6 +262,10 @@ class Settings(BaseSettings):
     def out_of_scope_path(self) -> Path:
         return self.knowledge_base / "out_of_scope.tsv"
 
+    @property
+    def known_questions_path(self) -> Path:
+        return self.knowledge_base / "known_questions.tsv"
+
     def answerability_path(self) -> Path | None:
         return self._fitted(self.retrieval.answerability_model, "answerability.json", SHIPPED_ANSWERABILITY)
 

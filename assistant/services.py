@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -24,6 +25,7 @@ from assistant.index.catalog import DocRecord, IndexDir, SharedIndexDir
 from assistant.index.embedding import E5Embedder, Embedder, QueryCache, SentenceTransformerEmbedder
 from assistant.index.kb import DEFAULT_KB, KbIndex, Registry, Shelf, kb_dir, remove_tree
 from assistant.index.lexical import JiebaTokenizer, LexicalIndex
+from assistant.index.known import KnownQuestions, VectorCache, read_table
 from assistant.index.store import ChromaCatalog, ChromaDocument, ChromaStore
 from assistant.index.synonyms import QueryExpander, SynonymError
 from assistant.qa.compose import PROVISIONS_HEADING, Answerer, ExtractiveAnswerer, provision_line
@@ -165,6 +167,22 @@ class ChatService:
         """Calibration only (`xiaoyu calibrate --ranker`): every retrieval pool goes to `recorder` (its rerank()
         sees the feature rows and keeps the fused order) instead of the provision ranker."""
         self._pipeline.retriever.ranker = recorder
+
+    @contextmanager
+    def known_questions_without(self, origin: str) -> Iterator[None]:
+        """Evals and calibration only: while one set is scored or recorded, the known questions it wrote itself
+        (index/known.py, by their origin: "dev.jsonl") are left out, so that its figures measure retrieval."""
+        retriever = self._pipeline.retriever
+        kept = retriever.known
+        retriever.known = kept.without(origin) if kept is not None else None
+        try:
+            yield
+        finally:
+            retriever.known = kept
+
+    def warm(self) -> None:
+        """At start-up: embed the default scope's known questions before the first resident asks."""
+        self._pipeline.retriever.warm()
 
     def explain(self, question: str, history: Sequence[Turn] = (), top_k: int | None = None,
                 mode: Mode = "hybrid", knowledge_bases: Sequence[str] | None = None) -> Explanation:
@@ -815,8 +833,9 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
     # With a Chroma server the list of knowledge bases lives there too: every host serves the same ones.
     registry = Registry(data_dir, ChromaDocument(host, port) if host else None)
     shelf = Shelf(registry, open_index, settings.default_knowledge_bases)
+    known = KnownQuestions(read_table(settings.known_questions_path), VectorCache(data_dir), embedder.name)
     retriever = HybridRetriever(QueryCache(embedder), shelf, tokenizer, settings.retrieval, expander,
-                                settings.index_poll_seconds, load_ranker(settings, embedder))
+                                settings.index_poll_seconds, load_ranker(settings, embedder), known)
     terms = tokenizer.user_terms | expander.terms
     vocabulary = Vocabulary(tokenizer.tokens, lambda word: word in terms or retriever.knows(word),
                             read_terms(settings.out_of_scope_path))

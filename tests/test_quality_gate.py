@@ -37,7 +37,9 @@ def test_golden_set_covers_every_category_follow_ups_and_out_of_scope_questions(
 
 def test_golden_set_metrics_stay_above_the_quality_gate(kb_services):
     items = load_golden(ROOT / THRESHOLDS["golden"])
-    result = run_eval(kb_services.chat, items, THRESHOLDS["top_k"])
+    # As `xiaoyu eval` scores it: the golden set's own rows of the known questions are left out.
+    with kb_services.chat.known_questions_without(Path(THRESHOLDS["golden"]).name):
+        result = run_eval(kb_services.chat, items, THRESHOLDS["top_k"])
     m = result.metrics
     problems = [f"{k} = {m[k]:.3f} < {floor}" for k, floor in THRESHOLDS["min"].items() if m[k] < floor]
     problems += [f"{k} = {m[k]:.3f} > {ceiling}" for k, ceiling in THRESHOLDS["max"].items() if m[k] > ceiling]

@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             report = app.state.services.knowledge.ensure_ingested()
             if report is not None:
                 log.info("首次启动，已导入内置知识库：%s", report.summary())
+        app.state.services.chat.warm()  # the known questions' vectors, before the first resident waits for them
         yield
 
     app = FastAPI(title="小玉 Xiaoyu", version="0.1.0", lifespan=lifespan,

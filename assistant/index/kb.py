@@ -69,6 +69,10 @@ class KbInfo:
     created_at: str = ""
 
 
+_HEADING = re.compile(r"^[ \t\u3000]*(第[零〇一二三四五六七八九十百千]+条(?:之[零〇一二三四五六七八九十百千]+)?)(?=[\s\u3000])",
+                      re.MULTILINE)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One committed generation of one knowledge base, as searches read it: replaced whole on reload, never edited."""
@@ -101,6 +105,22 @@ class Snapshot:
     def _domain_mask(self, ids: Sequence[str], reference: Sequence[str]) -> np.ndarray:
         chunks, demoted = self.catalog.chunks, set(reference)
         return np.fromiter((chunks[cid].category not in demoted for cid in ids), dtype=bool, count=len(ids))
+
+    def provisions(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        """(document title, 第N条) → the live chunks holding that article; (title, "第六章") → those of the chapter;
+        (title, "") → every live chunk of the document. A chunk of several short articles holds each whose heading
+        opens one of its lines. Once per generation: a known question (index/known.py) names its provision so,
+        never by chunk id."""
+        if "provisions" not in self._domain:
+            table: dict[tuple[str, str], list[str]] = {}
+            for cid in self.lexical.ids:  # BM25's rows: exactly the live chunks
+                chunk = self.catalog.chunks[cid]
+                parts = [p.split()[0] for p in chunk.section.split(" > ") if p.split()]
+                articles = {chunk.article, "", *parts, *_HEADING.findall(chunk.body)}
+                for article in articles:
+                    table.setdefault((chunk.title, article), []).append(cid)
+            self._domain["provisions"] = {key: tuple(ids) for key, ids in table.items()}
+        return self._domain["provisions"]
 
     def vector_domain_rows(self, reference: Sequence[str]) -> np.ndarray | None:
         """domain_rows() for the in-memory vectors' rows; None without them. Once per generation, never per query."""

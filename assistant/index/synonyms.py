@@ -119,6 +119,11 @@ class QueryExpander:
         return parsed
 
     @property
+    def version(self) -> tuple[int, int] | None:
+        """Changes when staff's override does (the knowledge base's own table is read once, at start)."""
+        return self._version
+
+    @property
     def terms(self) -> set[str]:
         """Every word on either side of the table: the domain's topic words."""
         table = self.table

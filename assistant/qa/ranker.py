@@ -16,23 +16,26 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from assistant.index.known import FLOOR as KNOWN_FLOOR
 from assistant.qa.understand import INTENT_SIGNS
 from assistant.types import FollowUp, ScoredChunk
 
 RANK_FEATURES = ("fused", "position", "dense", "lexical", "sentence", "coverage", "intent",
-                 "cited_doc", "cited_article", "own_fused", "own_sentence")
+                 "cited_doc", "cited_article", "own_fused", "own_sentence", "known")
 SentenceSims = Mapping[str, tuple[tuple[str, float], ...]]
 
 
 def rank_features(pool: Sequence[ScoredChunk], sentences: SentenceSims, intent: str, idf: Mapping[str, float],
                   terms: Callable[[ScoredChunk], frozenset[str]], follow: FollowUp | None = None,
-                  own: Mapping[str, float] | None = None, own_sentences: SentenceSims | None = None
-                  ) -> list[dict[str, float]]:
+                  own: Mapping[str, float] | None = None, own_sentences: SentenceSims | None = None,
+                  known: Mapping[str, float] | None = None) -> list[dict[str, float]]:
     """One row of RANK_FEATURES per pool chunk. `idf`: the question's content words and their idf over the scope;
     `terms`: a chunk's BM25 terms (nothing re-tokenized). For a follow-up (else all zero): `follow`, what the
     answer it follows on cited, so that "那要多久？" after 第十三条 can stay with 第十三条 or its
     regulation; `own`, chunk id → fused score of the turn's own words searched alone (relative to their best), and
-    `own_sentences`, its sentences' cosines to those words (qa/retrieve.py HybridRetriever._follow)."""
+    `own_sentences`, its sentences' cosines to those words (qa/retrieve.py HybridRetriever._follow). `known`: chunk
+    id → cosine of the nearest known question naming it (index/known.py); the feature is how far that falls
+    behind the nearest known question of all (0 for the provision it names; all 0 when none is near)."""
     if not pool:
         return []
     top = pool[0].score or 1.0
@@ -46,6 +49,8 @@ def rank_features(pool: Sequence[ScoredChunk], sentences: SentenceSims, intent: 
     own_scores = own or {}
     own_sims = {cid: max((sim for _, sim in sims), default=0.0) for cid, sims in (own_sentences or {}).items()}
     own_best = max(own_sims.values(), default=0.0)
+    near = known or {}
+    known_best = max(near.values(), default=KNOWN_FLOOR)
     rows = []
     for i, hit in enumerate(pool):
         own = sims[hit.chunk.id]
@@ -64,6 +69,7 @@ def rank_features(pool: Sequence[ScoredChunk], sentences: SentenceSims, intent: 
             "cited_article": float(follow is not None and follow.cites(hit.chunk.title, hit.chunk.section)),
             "own_fused": own_scores.get(hit.chunk.id, 0.0),
             "own_sentence": own_sims.get(hit.chunk.id, own_best) - own_best,
+            "known": max(near.get(hit.chunk.id, KNOWN_FLOOR), KNOWN_FLOOR) - known_best,
         })
     return rows
 

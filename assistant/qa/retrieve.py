@@ -17,6 +17,7 @@ import numpy as np
 from assistant.config import RetrievalSettings
 from assistant.index.embedding import Embedder
 from assistant.index.kb import KbIndex, Shelf, Snapshot
+from assistant.index.known import KnownQuestions
 from assistant.index.lexical import JiebaTokenizer, search_together
 from assistant.index.sentences import provision_sentences, sentence_id
 from assistant.index.synonyms import QueryExpander
@@ -30,6 +31,7 @@ Ranked = tuple[tuple[str, float], ...]  # (chunk id, score), best first
 SentenceScores = dict[str, tuple[tuple[str, float], ...]]  # chunk id → (sentence, cosine to the query), in order
 RETIRED_OVERFETCH = 500  # at most this many extra dense results to make up for superseded versions' chunks
 FOLLOW_EXTRA = 3  # a follow-up's own best provisions in the documents the last answer cited, added to the pool
+KNOWN_EXTRA = 2  # provisions named by the nearest known questions (index/known.py), added to the pool
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,11 @@ class HybridRetriever:
     0: ask before every search (tests). The question costs a stat per knowledge base, never the query."""
 
     def __init__(self, embedder: Embedder, shelf: Shelf, tokenizer: JiebaTokenizer, settings: RetrievalSettings,
-                 expander: QueryExpander, poll_seconds: float = 0.0, ranker: ArticleRanker | None = None):
+                 expander: QueryExpander, poll_seconds: float = 0.0, ranker: ArticleRanker | None = None,
+                 known: KnownQuestions | None = None):
         self.expander = expander
         self.ranker = ranker  # fitted provision ranking; None: rerank()'s fixed formula
+        self.known = known  # questions whose provision is known; read by the fitted ranker only
         self.embedder = embedder
         self.shelf = shelf
         self.tokenizer = tokenizer
@@ -182,13 +186,16 @@ class HybridRetriever:
         own_sentences: SentenceScores = {}
         if follow is not None and follow.cited and mode == "hybrid" and self.ranker is not None:
             pool, own, own_sentences = self._follow(follow, pool, n, indexes, snaps, kbs, by_kb)
+        known: dict[str, float] = {}
+        if self.known is not None and vector is not None and mode == "hybrid" and self.ranker is not None:
+            pool, known = self._known(vector, pool, snaps)
         sentences = self._sentence_scores(vector, pool, kbs, by_kb)
         words = set(self.tokenizer.tokens(query))
         idf, unseen = _idf(snaps, words)
         if mode == "hybrid" and s.rerank_pool:
             if self.ranker is not None:
                 rows = rank_features(pool, sentences, intent, idf, lambda h: _terms(by_kb, h),
-                                     follow, own, own_sentences)
+                                     follow, own, own_sentences, known)
                 # The model was fitted on the community's documents alone: the domain preference applies to its
                 # scores too, or a law with one close sentence outranks the community's rule again.
                 pool = prefer_domain(self.ranker.rerank(pool, rows), s.reference_categories, s.reference_weight)
@@ -217,6 +224,36 @@ class HybridRetriever:
         own = {h.chunk.id: h.score / top for h in mine}
         return pool, own, self._sentence_scores(own_vector, pool, kbs, by_kb)
 
+    def _known(self, vector: np.ndarray, pool: list[ScoredChunk], snaps: Sequence[Snapshot]
+               ) -> tuple[list[ScoredChunk], dict[str, float]]:
+        """The known questions near this one (index/known.py) and the provisions they name in the scope: chunk id →
+        cosine of the nearest row naming it. The provisions of the nearest rows join the pool (KNOWN_EXTRA), scored
+        as found by neither retriever, so that only the ranker's known feature can lift them."""
+        assert self.known is not None
+        tables = [snap.provisions() for snap in snaps]
+        near = self.known.nearest(vector, lambda title: any((title, "") in t for t in tables), self.dense_text,
+                                  self.embedder.embed_query, self.expander.version)
+        closest: dict[str, float] = {}
+        where: dict[str, Snapshot] = {}
+        for sim, row in near:
+            for snap, table in zip(snaps, tables):
+                for cid in table.get((row.title, row.article), ()):
+                    if cid not in closest:
+                        closest[cid], where[cid] = sim, snap
+        present = {h.chunk.id for h in pool}
+        extra = [ScoredChunk(where[cid].catalog.chunks[cid], 0.0) for cid in closest if cid not in present]
+        return pool + extra[:KNOWN_EXTRA], closest
+
+    def dense_text(self, query: str) -> str:
+        """What the dense retriever embeds for a query: with its synonyms, when so configured."""
+        return self.expander.expand(query) if self.settings.expand_dense else query
+
+    def warm(self, scope: Sequence[str] | None = None) -> None:
+        """Embed the known questions a scope needs now, at start-up, rather than at its first question."""
+        if self.known is not None and self.ranker is not None:
+            snaps = [ix.snap for ix in self.shelf.indexes(self.scope(scope))]
+            self._known(np.zeros(self.embedder.dim, dtype=np.float32), [], snaps)  # a zero vector is near nothing
+
     def _fused(self, query: str, mode: Mode, n: int, indexes: Sequence[KbIndex], snaps: Sequence[Snapshot]
                ) -> tuple[list[ScoredChunk], Ranked, Ranked, np.ndarray | None]:
         """BM25 and dense search of the scope, fused and with the domain preferred; and the query's vector."""
@@ -242,7 +279,7 @@ class HybridRetriever:
         dense: Ranked = ()
         vector = None
         if mode != "bm25" and any(snap.catalog.chunks for snap in snaps):
-            vector = self.embedder.embed_query(expanded if s.expand_dense else query)
+            vector = self.embedder.embed_query(self.dense_text(query))
             merged: list[tuple[float, str, Chunk]] = []
             for k, (ix, snap) in enumerate(zip(indexes, snaps)):
                 if not snap.catalog.chunks:

@@ -1,0 +1,175 @@
+"""Known questions: residents' questions whose provision is known (MaxKB's 关联问题, FastGPT's custom indexes).
+
+Residents ask about the same few hundred provisions in ever new words, and a question close to one already answered
+right most often wants the same article: on the dev sets, the nearest earlier question at cosine ≥ 0.95 named the
+right article for 87% of later questions, where the retriever's own first hit did for 61%. The table
+(known_questions.tsv in the knowledge base folder, Settings.known_questions_path) pairs a question with the document
+title and article (第N条; empty for a news report) that answers it; the bundled one is written from the dev sets by
+`scripts/known_questions.py`. The provision ranker reads how close the nearest known question naming each pooled
+provision is (qa/ranker.py "known"), and their provisions join the pool (qa/retrieve.py), so a known question
+steers, it never answers by itself: an article the retriever finds unrelated stays behind.
+
+Each row also names where it came from (dev.jsonl, staff …): an eval of a set leaves its own rows out
+(`without`), or the figures would measure memory, not retrieval."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("xiaoyu")
+
+MAX_ROWS = 20000
+MAX_QUESTION = 200
+FLOOR = 0.85  # below this cosine an earlier question says nothing about this one (e5's scale: unrelated ≈ 0.80)
+ALL_ARTICLES = ""  # a row for a document without articles (a news report): every chunk of it
+
+
+class KnownQuestionError(ValueError):
+    """A line of the table that can't be used; the message names the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class KnownQuestion:
+    question: str
+    title: str  # the document's title as the knowledge base holds it
+    article: str  # 第N条 (or a range label); ALL_ARTICLES for a document without articles
+    origin: str = ""  # which set or person wrote it, for leaving a set's own rows out of its eval
+
+
+def parse_table(text: str) -> list[KnownQuestion]:
+    """Lines "question<TAB>title<TAB>article[<TAB>origin]"; "#" opens a comment line. KnownQuestionError names
+    a bad line."""
+    rows = []
+    lines = text.splitlines()
+    if len(lines) > MAX_ROWS:
+        raise KnownQuestionError(f"已知问题表最多 {MAX_ROWS} 行")
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split("\t")]
+        if len(parts) < 3 or not parts[0] or not parts[1]:
+            raise KnownQuestionError(f"第 {n} 行：应为“问题<TAB>文件标题<TAB>条款”，条款可以留空")
+        if len(parts[0]) > MAX_QUESTION:
+            raise KnownQuestionError(f"第 {n} 行：问题太长了（最多 {MAX_QUESTION} 个字）")
+        rows.append(KnownQuestion(parts[0], parts[1], parts[2], parts[3] if len(parts) > 3 else ""))
+    return rows
+
+
+def read_table(path: Path | None) -> list[KnownQuestion]:
+    if path is None or not path.is_file():
+        return []
+    return parse_table(path.read_text(encoding="utf-8"))
+
+
+class VectorCache:
+    """Query vectors of the known questions, by embedder and text, kept for the process and in one file of the
+    data dir: 700 questions cost ~8 s of query embedding on two cores, paid once per deployment, not per start,
+    per services object or per test. Only the texts a scope needs are embedded (a knowledge base without the
+    bundled documents embeds none of the bundled rows)."""
+
+    # One memo for the process: every services object built in it (a test's, a rebuilt app's) with the same
+    # embedder gets the same vector for a text, so none embeds a row another already did.
+    _shared: dict[tuple[str, str], np.ndarray] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._vectors = self._shared
+        self._loaded: set[str] = set()
+
+    def vectors(self, embedder_name: str, texts: Sequence[str], embed: Callable[[str], np.ndarray]) -> np.ndarray:
+        """The vectors of `texts` (normalized rows), embedding and saving those not yet known."""
+        with self._lock:
+            self._load(embedder_name)
+            missing = [t for t in dict.fromkeys(texts) if (embedder_name, t) not in self._vectors]
+            for t in missing:
+                v = np.asarray(embed(t), dtype=np.float32)
+                self._vectors[(embedder_name, t)] = v / (np.linalg.norm(v) or 1.0)
+            file = self._file(embedder_name)
+            if missing or (file is not None and not file.is_file()):  # another data dir's rows are this one's too
+                self._save(embedder_name)
+            if not texts:
+                return np.zeros((0, 0), dtype=np.float32)
+            return np.stack([self._vectors[(embedder_name, t)] for t in texts])
+
+    def _file(self, embedder_name: str) -> Path | None:
+        if self.path is None:
+            return None
+        tag = hashlib.sha256(embedder_name.encode()).hexdigest()[:12]
+        return self.path / f"known-questions-{tag}.npz"
+
+    def _load(self, embedder_name: str) -> None:
+        if embedder_name in self._loaded:
+            return
+        self._loaded.add(embedder_name)
+        file = self._file(embedder_name)
+        if file is None or not file.is_file():
+            return
+        try:
+            with np.load(file, allow_pickle=False) as data:
+                for t, v in zip(data["texts"].tolist(), data["vectors"]):
+                    self._vectors.setdefault((embedder_name, str(t)), v.astype(np.float32))
+        except (OSError, ValueError, KeyError):  # a torn or foreign file: embed again, never fail a question
+            log.warning("known questions: ignoring the unreadable vector cache %s", file)
+
+    def _save(self, embedder_name: str) -> None:
+        file = self._file(embedder_name)
+        if file is None:
+            return
+        mine = [(t, v) for (name, t), v in self._vectors.items() if name == embedder_name]
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".npz.tmp")
+            with os.fdopen(fd, "wb") as out:
+                np.savez(out, texts=np.array([t for t, _ in mine]), vectors=np.stack([v for _, v in mine]))
+            os.replace(tmp, file)  # atomic: another worker reads the old cache or the new one
+        except OSError:  # a read-only data dir: the vectors stay in memory for this process
+            log.warning("known questions: could not write the vector cache %s", file, exc_info=True)
+
+
+class KnownQuestions:
+    """The table, and the rows' vectors as the retriever would embed each as a query (`dense_text`: its synonym
+    expansion; `embed`: its model), per synonym-table version."""
+
+    def __init__(self, rows: Iterable[KnownQuestion], cache: VectorCache, embedder_name: str):
+        self.rows = tuple(rows)
+        self.cache = cache
+        self.embedder_name = embedder_name
+        self._matrices: dict[tuple[bytes, object], np.ndarray] = {}  # (rows in scope, synonyms version) → vectors
+        self._lock = threading.Lock()
+
+    def without(self, origin: str) -> KnownQuestions:
+        """The table less the rows of one origin (an eval set's own questions, while that set is scored)."""
+        return KnownQuestions([r for r in self.rows if r.origin != origin], self.cache, self.embedder_name)
+
+    def nearest(self, vector: np.ndarray, titles: Callable[[str], bool], dense_text: Callable[[str], str],
+                embed: Callable[[str], np.ndarray], version: object = None, floor: float = FLOOR
+                ) -> list[tuple[float, KnownQuestion]]:
+        """The rows about documents `titles` accepts whose question is at cosine ≥ floor to the query vector,
+        closest first. The rows' matrix is built once per scope and synonyms version, not per question."""
+        mask = np.fromiter((titles(r.title) for r in self.rows), dtype=bool, count=len(self.rows))
+        if not mask.any():
+            return []
+        rows = [r for r, keep in zip(self.rows, mask) if keep]
+        key = (np.packbits(mask).tobytes(), version)
+        with self._lock:
+            matrix = self._matrices.get(key)
+        if matrix is None:
+            matrix = self.cache.vectors(self.embedder_name, [dense_text(r.question) for r in rows], embed)
+            with self._lock:
+                if len(self._matrices) > 16:  # scopes and synonym edits come and go; keep the recent few
+                    self._matrices.clear()
+                self._matrices[key] = matrix
+        q = np.asarray(vector, dtype=np.float32)
+        sims = matrix @ (q / (np.linalg.norm(q) or 1.0))
+        picked = np.flatnonzero(sims >= floor)
+        return sorted(((float(sims[i]), rows[i]) for i in picked), key=lambda t: -t[0])

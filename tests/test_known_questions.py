@@ -1,0 +1,124 @@
+"""Known questions (assistant/index/known.py): a question close to one whose provision is known steers the provision
+ranker to that provision; an eval of a set leaves the set's own rows out; the rows' vectors are embedded once and
+kept in the data dir.
+
+Real jieba, real Chroma, the real onnx embedder and the shipped ranker over the demo knowledge base; the vector
+cache tests count calls of a made-up embed function, which is all they are about."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assistant.config import BUNDLED_KB, Settings
+from assistant.index.known import FLOOR, KnownQuestionError, VectorCache, parse_table
+from assistant.qa.ranker import rank_features
+from assistant.qa.retrieve import KNOWN_EXTRA
+from assistant.services import build_services
+from assistant.types import Chunk, ScoredChunk
+
+# 人民调解法第三十三条 gives the thirty days; without help the ranker puts 司法确认规定 first for this wording.
+QUESTION = "调解协议想去法院确认一下，有时间限制吗？多少天内"
+ROW = "调解协议去法院申请司法确认有没有期限\t中华人民共和国人民调解法\t第三十三条\tmine.jsonl\n"
+
+
+def test_a_table_line_without_a_title_is_named_and_comments_are_skipped():
+    rows = parse_table("# 注释\n\n物业费怎么交\t物业管理条例\t第四十条\n新闻里说的\t昆山新闻\t\tstaff\n")
+    assert [(r.question, r.title, r.article, r.origin) for r in rows] == [
+        ("物业费怎么交", "物业管理条例", "第四十条", ""), ("新闻里说的", "昆山新闻", "", "staff")]
+    with pytest.raises(KnownQuestionError, match="第 2 行"):
+        parse_table("物业费怎么交\t物业管理条例\t第四十条\n只有问题没有出处\n")
+
+
+def _counting(calls: list[str]):
+    def embed(text: str) -> np.ndarray:
+        calls.append(text)
+        return np.array([len(text), 1.0, 0.0], dtype=np.float32)
+    return embed
+
+
+def test_vectors_are_embedded_once_and_read_back_from_the_data_dir(tmp_path):
+    name = f"made-up/{tmp_path.name}"  # a name of its own: the process-wide memo holds nothing for it yet
+    calls: list[str] = []
+    first = VectorCache(tmp_path).vectors(name, ["甲", "乙乙", "甲"], _counting(calls))
+    assert calls == ["甲", "乙乙"] and first.shape == (3, 3)
+    assert np.allclose(np.linalg.norm(first, axis=1), 1.0)
+    for key in [k for k in VectorCache._shared if k[0] == name]:  # as a new process would start
+        del VectorCache._shared[key]
+    again = VectorCache(tmp_path).vectors(name, ["乙乙", "甲"], _counting(calls))
+    assert calls == ["甲", "乙乙"]  # nothing embedded: read from the file
+    assert np.allclose(again, first[[1, 0]])
+
+
+def test_a_torn_vector_file_is_embedded_again_not_a_failed_question(tmp_path):
+    name = f"made-up/{tmp_path.name}"
+    calls: list[str] = []
+    cache = VectorCache(tmp_path)
+    cache._file(name).write_bytes(b"not an npz")
+    assert cache.vectors(name, ["甲"], _counting(calls)).shape == (1, 3) and calls == ["甲"]
+
+
+def _hit(cid: str, dense: float) -> ScoredChunk:
+    return ScoredChunk(Chunk(cid, "正文", "a.md", "标题", cid, 0, 2, "物业"), 0.03, 0.0, dense, None, 1)
+
+
+def test_the_known_feature_is_how_far_a_provisions_nearest_known_question_falls_behind_the_nearest_of_all():
+    pool = [_hit("a", 0.9), _hit("b", 0.89), _hit("c", 0.88)]
+    rows = rank_features(pool, {}, "", {}, lambda h: frozenset(), known={"b": 0.97, "c": 0.91})
+    assert [round(r["known"], 3) for r in rows] == [round(FLOOR - 0.97, 3), 0.0, round(0.91 - 0.97, 3)]
+    assert all(r["known"] == 0.0 for r in rank_features(pool, {}, "", {}, lambda h: frozenset()))
+
+
+@pytest.fixture
+def services_with_row(kb_data_dir, embedder, tmp_path):
+    """The demo index, served with a knowledge base folder whose known questions are the one ROW."""
+    kb = tmp_path / "kb"
+    shutil.copytree(BUNDLED_KB, kb)
+    (kb / "known_questions.tsv").write_text(ROW, encoding="utf-8")
+    data = tmp_path / "data"
+    shutil.copytree(kb_data_dir, data)
+    return build_services(Settings(data_dir=data, knowledge_base=kb), embedder)
+
+
+def _first(services, question: str) -> tuple[str, str]:
+    hit = services.chat.retrieve(question).hits[0]
+    return hit.chunk.title, hit.chunk.article
+
+
+def test_a_question_close_to_a_known_one_gets_its_provision_first(services_with_row):
+    assert _first(services_with_row, QUESTION) == ("中华人民共和国人民调解法", "第三十三条")
+    with services_with_row.chat.known_questions_without("mine.jsonl"):  # the row's own set, as an eval runs it
+        assert _first(services_with_row, QUESTION) != ("中华人民共和国人民调解法", "第三十三条")
+    assert _first(services_with_row, QUESTION) == ("中华人民共和国人民调解法", "第三十三条")  # and back
+
+
+def test_a_known_question_steers_only_near_questions_and_adds_few_provisions(services_with_row):
+    recorder_pool = services_with_row.chat.retrieve("党员有哪些权利").hits
+    assert all(h.chunk.title != "中华人民共和国人民调解法" or h.chunk.article != "第三十三条" for h in recorder_pool)
+    retriever = services_with_row.chat._pipeline.retriever
+    snaps = [ix.snap for ix in retriever.shelf.indexes(retriever.scope())]
+    vector = retriever.embedder.embed_query(retriever.dense_text(QUESTION))
+    pool, closest = retriever._known(vector, [], snaps)
+    assert closest and all(v >= FLOOR for v in closest.values()) and len(pool) <= KNOWN_EXTRA
+    assert {(h.chunk.title, h.chunk.article) for h in pool} == {("中华人民共和国人民调解法", "第三十三条")}
+
+
+def test_the_bundled_table_names_only_provisions_the_demo_knowledge_base_holds(kb_data_dir, embedder):
+    services = build_services(Settings(data_dir=kb_data_dir), embedder)
+    retriever = services.chat._pipeline.retriever
+    (snap,) = [ix.snap for ix in retriever.shelf.indexes(retriever.scope())]
+    table = snap.provisions()
+    missing = {(r.title, r.article) for r in retriever.known.rows if (r.title, r.article) not in table}
+    assert retriever.known.rows and not missing, sorted(missing)[:10]
+    assert not any(r.origin.startswith("test") for r in retriever.known.rows)
+
+
+def test_serving_embeds_the_known_questions_before_the_first_question(kb_data_dir, embedder, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(kb_data_dir, data)
+    services = build_services(Settings(data_dir=data), embedder)
+    services.chat.warm()
+    assert list(Path(data).glob("known-questions-*.npz"))
