@@ -354,10 +354,11 @@ def _calibrate_answerability(args, settings) -> int:
     rows = []
     for name in args.files:
         lines = [json.loads(line) for line in Path(name).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-        if lines and "turns" in lines[0]:
-            rows += rows_from_conversations(services.chat, lines)
-        else:
-            rows += rows_from_items(services.chat, load_golden(Path(name)))
+        with services.chat.known_questions_without(Path(name).name):  # as `xiaoyu eval` scores the set
+            if lines and "turns" in lines[0]:
+                rows += rows_from_conversations(services.chat, lines)
+            else:
+                rows += rows_from_items(services.chat, load_golden(Path(name)))
     model = fit(rows, embedder.name, args.max_false_refusal)
     out = Path(args.out) if args.out else settings.data_dir / "answerability.json"
     model.save(out)

@@ -3,8 +3,8 @@
     xiaoyu eval evals/golden.jsonl evals/sets/dev*.jsonl --data-dir D --json run.json
     python scripts/known_questions.py run.json > knowledge_base/known_questions.tsv
 
-Each answerable question gives one row per expected provision, with the query the retriever searched (a follow-up's
-condensed form) and the set it came from. Test sets and the outside set are refused: a question of theirs in the
+Each answerable question gives one row per expected provision, each out-of-scope one a row titled "-", with the
+query the retriever searched (a follow-up's condensed form) and the set it came from. Test sets and the outside set are refused: a question of theirs in the
 table would turn their figures into a memory test."""
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import sys
 from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = """# 已知问题：居民问过、答案出处已知的问题。每行：问题<TAB>文件标题<TAB>条款（新闻等无条款的留空）<TAB>来源
+NOT_COVERED = "-"  # assistant/index/known.py
+HEADER = """# 已知问题：居民问过、答案出处已知的问题。每行：问题<TAB>文件标题<TAB>条款（新闻等无条款的留空）<TAB>来源；标题为 - 的是不在本知识库范围内的问题
 # Known questions (assistant/index/known.py): a question, the title of the document and the article that answer it,
-# and the set it came from. Written by scripts/known_questions.py from the dev sets; staff may add their own rows.
+# and the set it came from; a title "-" marks a question the knowledge base does not answer.
+# Written by scripts/known_questions.py from the dev sets; staff may add their own rows.
 """
 
 
@@ -52,9 +54,11 @@ def rows(run: dict, docs: dict[str, tuple[str, str]]) -> list[tuple[str, str, st
         if origin.startswith("test") or "shared" in result["file"]:
             raise SystemExit(f"{result['file']}: only dev sets may become known questions")
         for item in result["items"]:
+            question = " ".join(item["query"].split())
+            if item.get("expect") == "refuse":
+                out.setdefault((question, NOT_COVERED, ""), origin)
             if item.get("expect") != "answer" or not item.get("expected_sources"):
                 continue
-            question = " ".join(item["query"].split())
             for source, section in pairs(item["expected_sources"], item["expected_sections"]):
                 if source not in docs:
                     print(f"{item['id']}: no document {source!r} in the manifest", file=sys.stderr)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from assistant.config import BUNDLED_KB, Settings
-from assistant.index.known import FLOOR, KnownQuestionError, VectorCache, parse_table
+from assistant.index.known import FLOOR, NOT_COVERED, KnownQuestionError, VectorCache, parse_table
 from assistant.qa.ranker import rank_features
 from assistant.qa.retrieve import KNOWN_EXTRA
 from assistant.services import build_services
@@ -101,7 +101,7 @@ def test_a_known_question_steers_only_near_questions_and_adds_few_provisions(ser
     retriever = services_with_row.chat._pipeline.retriever
     snaps = [ix.snap for ix in retriever.shelf.indexes(retriever.scope())]
     vector = retriever.embedder.embed_query(retriever.dense_text(QUESTION))
-    pool, closest = retriever._known(vector, [], snaps)
+    pool, closest, _ = retriever._known(vector, [], snaps)
     assert closest and all(v >= FLOOR for v in closest.values()) and len(pool) <= KNOWN_EXTRA
     assert {(h.chunk.title, h.chunk.article) for h in pool} == {("中华人民共和国人民调解法", "第三十三条")}
 
@@ -111,7 +111,8 @@ def test_the_bundled_table_names_only_provisions_the_demo_knowledge_base_holds(k
     retriever = services.chat._pipeline.retriever
     (snap,) = [ix.snap for ix in retriever.shelf.indexes(retriever.scope())]
     table = snap.provisions()
-    missing = {(r.title, r.article) for r in retriever.known.rows if (r.title, r.article) not in table}
+    missing = {(r.title, r.article) for r in retriever.known.rows
+               if r.title != NOT_COVERED and (r.title, r.article) not in table}
     assert retriever.known.rows and not missing, sorted(missing)[:10]
     assert not any(r.origin.startswith("test") for r in retriever.known.rows)
 
@@ -122,3 +123,17 @@ def test_serving_embeds_the_known_questions_before_the_first_question(kb_data_di
     services = build_services(Settings(data_dir=data), embedder)
     services.chat.warm()
     assert list(Path(data).glob("known-questions-*.npz"))
+
+
+def test_a_question_nearer_a_known_unanswerable_one_than_any_answerable_one_weighs_toward_refusal(services_with_row,
+                                                                                                  tmp_path):
+    # The one row of services_with_row is answerable; a "-" row makes 房价 a known refusal.
+    from assistant.qa.evidence import features
+
+    retriever = services_with_row.chat._pipeline.retriever
+    before = features(retriever.search("昆山的二手房现在什么价"))["known_margin"]
+    table = parse_table(ROW + "昆山二手房现在多少钱一平\t-\t\tmine.jsonl\n")
+    retriever.known = type(retriever.known)(table, retriever.known.cache, retriever.known.embedder_name)
+    after = features(retriever.search("昆山的二手房现在什么价"))["known_margin"]
+    near = features(retriever.search(QUESTION))["known_margin"]
+    assert before == 0.0 and after > 0.05 and near < 0.0

@@ -20,10 +20,11 @@ from assistant.qa.understand import asked_datum, holds_datum
 from assistant.types import Evidence, TurnPlan
 
 FEATURES = ("dense_top", "dense_gap", "coverage", "unknown", "lexical_top", "agreement", "off_topic", "sentence_top",
-            "missing_datum")
+            "missing_datum", "known_margin")
 _LABELS = {"dense_top": "语义相似度", "dense_gap": "语义领先幅度", "coverage": "关键词覆盖", "unknown": "知识库未见的词",
            "lexical_top": "词法匹配", "agreement": "两路检索一致", "off_topic": "知识库外的话题",
-           "sentence_top": "最接近的句子", "missing_datum": "所问的价格、时间、日期、联系方式或名称依据里没有"}
+           "sentence_top": "最接近的句子", "missing_datum": "所问的价格、时间、日期、联系方式或名称依据里没有",
+           "known_margin": "更像已知的不回答问题"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ def features(found: Candidates, plan: TurnPlan | None = None) -> dict[str, float
                             default=dense[0] if dense else 0.0),
         # "补办门禁卡要多少钱" asks for a price: provisions on 物业服务收费 are close in meaning and hold none.
         "missing_datum": _missing_datum(found),
+        # Closer to a question known to be out of scope (昆山房价多少) than to any known answerable one: positive. A
+        # question near neither, as one about a newly uploaded file is, stays at 0 and is judged on the rest.
+        "known_margin": found.known_refused - found.known,
     }
 
 

@@ -17,7 +17,8 @@ import numpy as np
 from assistant.config import RetrievalSettings
 from assistant.index.embedding import Embedder
 from assistant.index.kb import KbIndex, Shelf, Snapshot
-from assistant.index.known import KnownQuestions
+from assistant.index.known import FLOOR as KNOWN_FLOOR
+from assistant.index.known import NOT_COVERED, KnownQuestions
 from assistant.index.lexical import JiebaTokenizer, search_together
 from assistant.index.sentences import provision_sentences, sentence_id
 from assistant.index.synonyms import QueryExpander
@@ -46,6 +47,10 @@ class Candidates:
     unknown: float  # idf-weighted share of the query's content words that no chunk contains at all
     content_words: int = 1  # the query's content words (stopwords and question words left out)
     sentences: SentenceScores = field(default_factory=dict)  # for the reranked pool; empty without sentence vectors
+    # Cosine of the nearest known question (index/known.py) naming a provision of the scope, and of the nearest
+    # known unanswerable one; KNOWN_FLOOR when none is that near.
+    known: float = KNOWN_FLOOR
+    known_refused: float = KNOWN_FLOOR
 
 
 def fuse(chunks: dict[str, Chunk], lexical: Ranked, dense: Ranked, rrf_k: int, lexical_weight: float,
@@ -187,8 +192,9 @@ class HybridRetriever:
         if follow is not None and follow.cited and mode == "hybrid" and self.ranker is not None:
             pool, own, own_sentences = self._follow(follow, pool, n, indexes, snaps, kbs, by_kb)
         known: dict[str, float] = {}
+        refused = KNOWN_FLOOR
         if self.known is not None and vector is not None and mode == "hybrid" and self.ranker is not None:
-            pool, known = self._known(vector, pool, snaps)
+            pool, known, refused = self._known(vector, pool, snaps)
         sentences = self._sentence_scores(vector, pool, kbs, by_kb)
         words = set(self.tokenizer.tokens(query))
         idf, unseen = _idf(snaps, words)
@@ -203,7 +209,8 @@ class HybridRetriever:
                 pool = rerank(pool, sentences, intent, s.sentence_weight, s.intent_weight)
         hits = tuple(pool[:top_k])
         return Candidates(query, hits, lexical, dense, *_coverage(by_kb, idf, unseen, hits),
-                          content_words=len(words), sentences=sentences)
+                          content_words=len(words), sentences=sentences,
+                          known=max(known.values(), default=KNOWN_FLOOR), known_refused=refused)
 
     def _follow(self, follow: FollowUp, pool: list[ScoredChunk], n: int, indexes: Sequence[KbIndex],
                 snaps: Sequence[Snapshot], kbs: dict[str, KbIndex], by_kb: dict[str, Snapshot]
@@ -225,14 +232,16 @@ class HybridRetriever:
         return pool, own, self._sentence_scores(own_vector, pool, kbs, by_kb)
 
     def _known(self, vector: np.ndarray, pool: list[ScoredChunk], snaps: Sequence[Snapshot]
-               ) -> tuple[list[ScoredChunk], dict[str, float]]:
+               ) -> tuple[list[ScoredChunk], dict[str, float], float]:
         """The known questions near this one (index/known.py) and the provisions they name in the scope: chunk id →
-        cosine of the nearest row naming it. The provisions of the nearest rows join the pool (KNOWN_EXTRA), scored
-        as found by neither retriever, so that only the ranker's known feature can lift them."""
+        cosine of the nearest row naming it; and the cosine of the nearest known unanswerable question. The
+        provisions of the nearest rows join the pool (KNOWN_EXTRA), scored as found by neither retriever, so that
+        only the ranker's known feature can lift them."""
         assert self.known is not None
         tables = [snap.provisions() for snap in snaps]
-        near = self.known.nearest(vector, lambda title: any((title, "") in t for t in tables), self.dense_text,
-                                  self.embedder.embed_query, self.expander.version)
+        ask = (self.dense_text, self.embedder.embed_query, self.expander.version)
+        near = self.known.nearest(vector, lambda title: any((title, "") in t for t in tables), *ask)
+        refused = self.known.nearest(vector, lambda title: title == NOT_COVERED, *ask)
         closest: dict[str, float] = {}
         where: dict[str, Snapshot] = {}
         for sim, row in near:
@@ -242,7 +251,7 @@ class HybridRetriever:
                         closest[cid], where[cid] = sim, snap
         present = {h.chunk.id for h in pool}
         extra = [ScoredChunk(where[cid].catalog.chunks[cid], 0.0) for cid in closest if cid not in present]
-        return pool + extra[:KNOWN_EXTRA], closest
+        return pool + extra[:KNOWN_EXTRA], closest, refused[0][0] if refused else KNOWN_FLOOR
 
     def dense_text(self, query: str) -> str:
         """What the dense retriever embeds for a query: with its synonyms, when so configured."""
