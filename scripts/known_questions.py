@@ -4,7 +4,8 @@
     python scripts/known_questions.py run.json > knowledge_base/known_questions.tsv
 
 Each answerable question gives one row per expected provision, each out-of-scope one a row titled "-", with the
-query the retriever searched (a follow-up's condensed form) and the set it came from. Test sets and the outside set are refused: a question of theirs in the
+query the retriever searched (a follow-up's condensed form) and the set it came from; each small-talk turn a row
+titled "~" naming its reply, as the rules read it. Test sets and the outside set are refused: a question of theirs in the
 table would turn their figures into a memory test."""
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import sys
 from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_COVERED = "-"  # assistant/index/known.py
-HEADER = """# 已知问题：居民问过、答案出处已知的问题。每行：问题<TAB>文件标题<TAB>条款（新闻等无条款的留空）<TAB>来源；标题为 - 的是不在本知识库范围内的问题
+sys.path.insert(0, str(ROOT))
+
+from assistant.index.known import NOT_COVERED, SMALL_TALK  # noqa: E402
+from assistant.qa.understand import smalltalk_cue, smalltalk_intent  # noqa: E402
+HEADER = """# 已知问题：居民问过、答案出处已知的问题。每行：问题<TAB>文件标题<TAB>条款（新闻等无条款的留空）<TAB>来源；标题为 - 的是不在本知识库范围内的问题，~ 为闲聊
 # Known questions (assistant/index/known.py): a question, the title of the document and the article that answer it,
-# and the set it came from; a title "-" marks a question the knowledge base does not answer.
+# and the set it came from; a title "-" marks a question the knowledge base does not answer, "~" small talk (the
+# third column names the reply).
 # Written by scripts/known_questions.py from the dev sets; staff may add their own rows.
 """
 
@@ -54,6 +59,9 @@ def rows(run: dict, docs: dict[str, tuple[str, str]]) -> list[tuple[str, str, st
         if origin.startswith("test") or "shared" in result["file"]:
             raise SystemExit(f"{result['file']}: only dev sets may become known questions")
         for item in result["items"]:
+            if item.get("expect") == "smalltalk":
+                said = " ".join(item["question"].split())
+                out.setdefault((said, SMALL_TALK, smalltalk_intent(said) or smalltalk_cue(said) or "ack"), origin)
             question = " ".join(item["query"].split())
             if item.get("expect") == "refuse":
                 out.setdefault((question, NOT_COVERED, ""), origin)

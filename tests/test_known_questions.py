@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from assistant.config import BUNDLED_KB, Settings
-from assistant.index.known import FLOOR, NOT_COVERED, KnownQuestionError, VectorCache, parse_table
+from assistant.index.known import FLOOR, NOT_COVERED, SMALL_TALK, KnownQuestionError, VectorCache, parse_table
+from assistant.qa.compose import SMALLTALK_REPLIES
 from assistant.qa.ranker import rank_features
 from assistant.qa.retrieve import KNOWN_EXTRA
 from assistant.services import build_services
@@ -112,9 +113,11 @@ def test_the_bundled_table_names_only_provisions_the_demo_knowledge_base_holds(k
     (snap,) = [ix.snap for ix in retriever.shelf.indexes(retriever.scope())]
     table = snap.provisions()
     missing = {(r.title, r.article) for r in retriever.known.rows
-               if r.title != NOT_COVERED and (r.title, r.article) not in table}
+               if r.title not in (NOT_COVERED, SMALL_TALK) and (r.title, r.article) not in table}
     assert retriever.known.rows and not missing, sorted(missing)[:10]
     assert not any(r.origin.startswith("test") for r in retriever.known.rows)
+    replies = {r.article for r in retriever.known.rows if r.title == SMALL_TALK}
+    assert replies and replies <= set(SMALLTALK_REPLIES), replies - set(SMALLTALK_REPLIES)
 
 
 def test_serving_embeds_the_known_questions_before_the_first_question(kb_data_dir, embedder, tmp_path):
@@ -137,3 +140,18 @@ def test_a_question_nearer_a_known_unanswerable_one_than_any_answerable_one_weig
     after = features(retriever.search("昆山的二手房现在什么价"))["known_margin"]
     near = features(retriever.search(QUESTION))["known_margin"]
     assert before == 0.0 and after > 0.05 and near < 0.0
+
+
+def test_a_short_turn_nearer_a_known_small_talk_turn_than_any_question_is_small_talk(services_with_row):
+    # The rules list 谢谢 and 辛苦了, not this; a "~" row of a thanks makes it small talk, a question stays one.
+    chat = services_with_row.chat
+    said = "这回可算弄清楚啦，多亏了你"
+    assert chat.ask(said).kind != "smalltalk"
+    retriever = chat._pipeline.retriever
+    table = parse_table(ROW + "这下可算弄明白了，多亏你了\t~\tthanks\tmine.jsonl\n")
+    retriever.known = type(retriever.known)(table, retriever.known.cache, retriever.known.embedder_name)
+    answer = chat.ask(said)
+    assert answer.kind == "smalltalk" and answer.text == SMALLTALK_REPLIES["thanks"] and not answer.citations
+    assert chat.ask(QUESTION).kind == "answered"
+    with chat.known_questions_without("mine.jsonl"):
+        assert chat.ask(said).kind != "smalltalk"

@@ -4,13 +4,16 @@ Residents ask about the same few hundred provisions in ever new words, and a que
 most often wants the same article: of the test set's questions whose nearest dev-set question was at cosine ≥ 0.95
 (half of them), 87% wanted that question's article, where the retriever's own first hit was right for 61%. The
 table (known_questions.tsv in the knowledge base folder, Settings.known_questions_path) pairs a question with the
-document title and article (第N条; empty for a news report) that answers it, or with "-" for one the knowledge base
-does not answer; the bundled one is written from the dev sets by `scripts/known_questions.py`.
+document title and article (第N条; empty for a news report) that answers it, with "-" for one the knowledge base
+does not answer, or with "~" and a reply's name for small talk; the bundled one is written from the dev sets by
+`scripts/known_questions.py`.
 
 The provision ranker reads how close the nearest known question naming each pooled provision is (qa/ranker.py
 "known"), and their provisions join the pool (qa/retrieve.py): a known question steers, it never answers by itself,
 and an article the other signals find unrelated stays behind. The answerability model reads whether a question is
-closer to a known unanswerable one than to every known answerable one (qa/evidence.py "known_margin").
+closer to a known unanswerable one than to every known answerable one (qa/evidence.py "known_margin"). A short turn
+the rules did not take for small talk is small talk when it is clearly nearer a known small-talk turn than any
+known question (qa/pipeline.py): residents thank and greet in more ways than rules list.
 
 Each row also names where it came from (dev.jsonl, staff …): an eval of a set leaves its own rows out
 (`without`), or the figures would measure memory, not retrieval."""
@@ -35,6 +38,7 @@ MAX_QUESTION = 200
 FLOOR = 0.85  # below this cosine an earlier question says nothing about this one (e5's scale: unrelated ≈ 0.80)
 ALL_ARTICLES = ""  # a row for a document without articles (a news report): every chunk of it
 NOT_COVERED = "-"  # the title of a row the knowledge base does not answer (房价, 天气 …): a refusal, known
+SMALL_TALK = "~"  # the title of a small-talk row ("谢谢小玉"); its article column names the reply (thanks, greeting …)
 
 
 class KnownQuestionError(ValueError):

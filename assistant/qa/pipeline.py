@@ -19,7 +19,7 @@ from assistant.config import RetrievalSettings
 from assistant.qa.compose import Answerer, answer_events, smalltalk_answer
 from assistant.qa.evidence import AnswerabilityModel, judge
 from assistant.qa.retrieve import HybridRetriever, Mode
-from assistant.qa.understand import Understander, asked_datum
+from assistant.qa.understand import Understander, asked_datum, short_turn
 from assistant.types import (Answer, EventType, Evidence, FollowUp, Retrieval, StreamEvent, Turn, TurnKind,
                              TurnPlan)
 
@@ -63,6 +63,11 @@ class QuestionPipeline:
     def plan(self, question: str, history: Sequence[Turn] = (), deadline: float | None = None) -> TurnPlan:
         """Raises BadQuestion for an empty or over-long question."""
         plan = self.understander.plan(question, history)
+        if plan.kind in (TurnKind.QUESTION, TurnKind.FOLLOW_UP) and not plan.off_topic and short_turn(plan.question):
+            # "多谢啦，回头有事再来问" or "早上好呀小玉": small talk in words no rule lists, told by the known turns.
+            intent = self.retriever.small_talk(plan.question)
+            if intent:
+                return TurnPlan(plan.question, TurnKind.SMALLTALK, plan.question, plan.history, intent=intent)
         if self.llm_condenser is not None and plan.kind is TurnKind.FOLLOW_UP:
             # The LLM rewrites a follow-up into a standalone query; it falls back to the rules on its own.
             query = self.llm_condenser.condense(plan.question, plan.history, deadline)

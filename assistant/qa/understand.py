@@ -54,6 +54,19 @@ _SMALLTALK_ANY = re.compile(rf"(?:{_POLITE}(?:{'|'.join(p for _, p in _SMALLTALK
 _NON_WORD = re.compile(r"[\s\W_]+", re.UNICODE)
 
 
+LOOSE_SMALLTALK_CHARS = 20  # a longer turn carries content, whatever its cues
+
+
+def short_turn(question: str) -> bool:
+    """Short enough to be small talk judged by its cues or by the known small-talk turns."""
+    return 0 < len(_NON_WORD.sub("", question)) <= LOOSE_SMALLTALK_CHARS
+
+
+def smalltalk_cue(question: str) -> str:
+    """The reply a cue of loose small talk names ("小玉你几岁了" → identity); "" when none is there."""
+    return next((intent for intent, cue in _CUES if cue.search(question)), "")
+
+
 def smalltalk_intent(question: str) -> str:
     """"小玉早呀！" → "greeting"; "谢谢你的解答～" → "thanks"; "👍" → "ack"; "物业费怎么交" → ""."""
     bare = _NON_WORD.sub("", question).lower()
@@ -325,8 +338,7 @@ class Understander:
 
     def loose_smalltalk(self, question: str) -> str:
         """"谢谢你啊小玉，帮了大忙" → "thanks"; "小玉你几岁了" → "identity"; "你好，物业费怎么交" → "" (a topic)."""
-        bare = _NON_WORD.sub("", question)
-        if not bare or len(bare) > 20 or self.condenser.has_topic(question):
+        if not short_turn(question) or self.condenser.has_topic(question):
             return ""
         vocabulary = self.condenser.vocabulary
         if vocabulary is not None:
@@ -335,7 +347,7 @@ class Understander:
             words = [w for w in vocabulary.tokens(question) if len(w) >= 2 and w not in _CHAT_WORDS]
             if any(vocabulary.known(w) for w in words):
                 return ""
-        return next((intent for intent, cue in _CUES if cue.search(question)), "")
+        return smalltalk_cue(question)
 
     def recent(self, history: Sequence[Turn]) -> tuple[Turn, ...]:
         """The last turns, each cut to MAX_TURN_CHARS and cleaned like a question: history is bounded before
