@@ -25,10 +25,13 @@ from assistant.index.catalog import DocRecord, IndexDir, SharedIndexDir
 from assistant.index.embedding import E5Embedder, Embedder, QueryCache, SentenceTransformerEmbedder
 from assistant.index.kb import DEFAULT_KB, KbIndex, Registry, Shelf, kb_dir, remove_tree
 from assistant.index.lexical import JiebaTokenizer, LexicalIndex
-from assistant.index.known import KnownQuestions, VectorCache, read_table
+from assistant.index.known import (NOT_COVERED, SMALL_TALK, KnownQuestionError, KnownQuestions, VectorCache,
+                                   read_table)
+from assistant.index.known import parse_table as parse_known
 from assistant.index.store import ChromaCatalog, ChromaDocument, ChromaStore
 from assistant.index.synonyms import QueryExpander, SynonymError
-from assistant.qa.compose import PROVISIONS_HEADING, Answerer, ExtractiveAnswerer, provision_line
+from assistant.qa.compose import (PROVISIONS_HEADING, SMALLTALK_REPLIES, Answerer, ExtractiveAnswerer,
+                                  provision_line)
 from assistant.qa.evidence import AnswerabilityModel
 from assistant.qa.pipeline import Explanation, QuestionPipeline
 from assistant.qa.ranker import ArticleRanker
@@ -54,6 +57,7 @@ from assistant.types import (
     StreamEvent,
     Turn,
     TurnKind,
+    provision_label,
 )
 from ingest.pipeline import IngestPipeline, IngestReport, Progress
 from ingest.splitter import ChineseSplitter
@@ -335,6 +339,38 @@ class ChatService:
         tmp.replace(path)  # atomic: a worker starting now reads the old file or the new one, never half of it
         self._pipeline.answerability = updated
         return path
+
+    # ---- known questions (index/known.py): the knowledge base's table, staff's rows on top -------------------
+    def known_questions(self) -> tuple[str, str]:
+        """(the knowledge base's table, staff's rows in the data dir) as text."""
+        path = self._settings.known_questions_path
+        known = self._pipeline.retriever.known
+        return (path.read_text(encoding="utf-8") if path.is_file() else "",
+                known.override_text() if known is not None else "")
+
+    def save_known_questions(self, text: str) -> int:
+        """Check staff's rows and save them; retrieval reads them from the next question on. A row must name a
+        provision some knowledge base holds (title and 第N条 as cited), "-" for a question not to answer, or "~"
+        and a small-talk reply; BadQuestion names the first line that does not (nothing saved then)."""
+        known = self._pipeline.retriever.known
+        if known is None:
+            raise BadQuestion("这个服务没有配置已知问题")
+        text = printable(text or "")
+        try:
+            rows = parse_known(text)
+        except KnownQuestionError as exc:
+            raise BadQuestion(str(exc)) from exc
+        tables = [ix.snap.provisions() for ix in self._shelf.indexes(self._shelf.names())]
+        for row in rows:
+            if row.title == SMALL_TALK and row.article not in SMALLTALK_REPLIES:
+                raise BadQuestion(f"第 {row.line} 行：闲聊的第三栏应为 {'、'.join(SMALLTALK_REPLIES)} 之一")
+            if row.title == NOT_COVERED and row.article:
+                raise BadQuestion(f"第 {row.line} 行：不回答的问题（标题 -）第三栏应留空")
+            if row.title not in (SMALL_TALK, NOT_COVERED) and not any((row.title, row.article) in t for t in tables):
+                raise BadQuestion(f"第 {row.line} 行：知识库里没有{provision_label(row.title, row.article)}"
+                                  "（标题和条款须与引用时的写法一致）")
+        known.save_override(text)
+        return len(rows)
 
 
 class KnowledgeBase:
@@ -833,7 +869,8 @@ def build_services(settings: Settings, embedder: Embedder | None = None,
     # With a Chroma server the list of knowledge bases lives there too: every host serves the same ones.
     registry = Registry(data_dir, ChromaDocument(host, port) if host else None)
     shelf = Shelf(registry, open_index, settings.default_knowledge_bases)
-    known = KnownQuestions(read_table(settings.known_questions_path), VectorCache(data_dir), embedder.name)
+    known = KnownQuestions(read_table(settings.known_questions_path), VectorCache(data_dir), embedder.name,
+                           data_dir / "known_questions.tsv")  # staff's rows (KnowledgeBase.save_known_questions)
     retriever = HybridRetriever(QueryCache(embedder), shelf, tokenizer, settings.retrieval, expander,
                                 settings.index_poll_seconds, load_ranker(settings, embedder), known)
     terms = tokenizer.user_terms | expander.terms

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from assistant.qa.evidence import FEATURES, AnswerabilityModel
+from assistant.qa.evidence import FEATURES, AnswerabilityModel, unseen
 from assistant.services import ChatService
 from assistant.types import Channel, Turn
 from evals.golden import GoldenItem
@@ -55,11 +55,15 @@ def rows_from_conversations(chat: ChatService, conversations: Sequence[dict]) ->
 def fit(rows: Sequence[Row], embedder: str, max_false_refusal: float = 0.02, c: float = 1.0) -> AnswerabilityModel:
     from sklearn.linear_model import LogisticRegression
 
-    x = np.array([[r.features[f] for f in FEATURES] for r in rows], dtype=float)
+    x = np.array([[np.nan if unseen(r.features, f) else r.features[f] for f in FEATURES] for r in rows], dtype=float)
     y = np.array([r.answerable for r in rows], dtype=int)
     if len(set(y)) < 2:
         raise ValueError("the dev rows need both answerable and out-of-scope questions to fit a decision")
-    means, scales = x.mean(axis=0), x.std(axis=0)
+    # A feature unknown for a row (evidence.PRESENCE) takes the mean of the rows that have it: it weighs nothing.
+    seen = ~np.isnan(x)
+    means = np.array([x[seen[:, j], j].mean() if seen[:, j].any() else 0.0 for j in range(x.shape[1])])
+    x = np.where(seen, x, means)
+    scales = x.std(axis=0)
     scales[scales == 0] = 1.0
     clf = LogisticRegression(C=c, class_weight="balanced", max_iter=1000).fit((x - means) / scales, y)
     model = AnswerabilityModel(

@@ -23,7 +23,9 @@ from assistant.types import Chunk, ScoredChunk
 
 # 人民调解法第三十三条 gives the thirty days; without help the ranker puts 司法确认规定 first for this wording.
 QUESTION = "调解协议想去法院确认一下，有时间限制吗？多少天内"
-ROW = "调解协议去法院申请司法确认有没有期限\t中华人民共和国人民调解法\t第三十三条\tmine.jsonl\n"
+# The table names both documents in play: of a document no row names, the known feature says nothing either way.
+ROW = ("调解协议去法院申请司法确认有没有期限\t中华人民共和国人民调解法\t第三十三条\tmine.jsonl\n"
+       "法院确认完会给我们一个什么东西\t最高人民法院关于人民调解协议司法确认程序的若干规定\t第八条\tmine.jsonl\n")
 
 
 def test_a_table_line_without_a_title_is_named_and_comments_are_skipped():
@@ -68,9 +70,13 @@ def _hit(cid: str, dense: float) -> ScoredChunk:
 
 def test_the_known_feature_is_how_far_a_provisions_nearest_known_question_falls_behind_the_nearest_of_all():
     pool = [_hit("a", 0.9), _hit("b", 0.89), _hit("c", 0.88)]
-    rows = rank_features(pool, {}, "", {}, lambda h: frozenset(), known={"b": 0.97, "c": 0.91})
+    rows = rank_features(pool, {}, "", {}, lambda h: frozenset(), known={"b": 0.97, "c": 0.91},
+                         known_titles=frozenset({"标题"}))
     assert [round(r["known"], 3) for r in rows] == [round(FLOOR - 0.97, 3), 0.0, round(0.91 - 0.97, 3)]
     assert all(r["known"] == 0.0 for r in rank_features(pool, {}, "", {}, lambda h: frozenset()))
+    # A document no known question names (a law library's, a new upload's) is not put behind for it.
+    other = rank_features(pool, {}, "", {}, lambda h: frozenset(), known={"b": 0.97}, known_titles=frozenset({"别的"}))
+    assert all(r["known"] == 0.0 for r in other)
 
 
 @pytest.fixture
@@ -104,7 +110,7 @@ def test_a_known_question_steers_only_near_questions_and_adds_few_provisions(ser
     vector = retriever.embedder.embed_query(retriever.dense_text(QUESTION))
     pool, closest, _ = retriever._known(vector, [], snaps)
     assert closest and all(v >= FLOOR for v in closest.values()) and len(pool) <= KNOWN_EXTRA
-    assert {(h.chunk.title, h.chunk.article) for h in pool} == {("中华人民共和国人民调解法", "第三十三条")}
+    assert ("中华人民共和国人民调解法", "第三十三条") == (pool[0].chunk.title, pool[0].chunk.article)  # the nearest
 
 
 def test_the_bundled_table_names_only_provisions_the_demo_knowledge_base_holds(kb_data_dir, embedder):
@@ -134,12 +140,23 @@ def test_a_question_nearer_a_known_unanswerable_one_than_any_answerable_one_weig
     from assistant.qa.evidence import features
 
     retriever = services_with_row.chat._pipeline.retriever
-    before = features(retriever.search("昆山的二手房现在什么价"))["known_margin"]
-    table = parse_table(ROW + "昆山二手房现在多少钱一平\t-\t\tmine.jsonl\n")
-    retriever.known = type(retriever.known)(table, retriever.known.cache, retriever.known.embedder_name)
-    after = features(retriever.search("昆山的二手房现在什么价"))["known_margin"]
-    near = features(retriever.search(QUESTION))["known_margin"]
-    assert before == 0.0 and after > 0.05 and near < 0.0
+    asked = "昆山的二手房现在什么价"
+    found = retriever.search(asked)
+    top = found.hits[0].chunk
+    assert features(found)["known_margin"] == 0.0
+
+    def known(*lines: str):
+        return type(retriever.known)(parse_table("".join(lines)), retriever.known.cache, retriever.known.embedder_name)
+
+    refused = "昆山二手房现在多少钱一平\t-\t\tmine.jsonl\n"
+    # The table names the document the question lands on: its verdict counts.
+    retriever.known = known(ROW, f"别的问题\t{top.title}\t{top.article}\tmine.jsonl\n", refused)
+    assert features(retriever.search(asked))["known_margin"] > 0.05
+    assert features(retriever.search(QUESTION))["known_margin"] < 0.0
+    if top.title != "中华人民共和国人民调解法":
+        # It names no provision of that document: it says nothing for or against the question.
+        retriever.known = known(ROW, refused)
+        assert features(retriever.search(asked))["known_margin"] == 0.0
 
 
 def test_a_short_turn_nearer_a_known_small_talk_turn_than_any_question_is_small_talk(services_with_row):
@@ -155,3 +172,22 @@ def test_a_short_turn_nearer_a_known_small_talk_turn_than_any_question_is_small_
     assert chat.ask(QUESTION).kind == "answered"
     with chat.known_questions_without("mine.jsonl"):
         assert chat.ask(said).kind != "smalltalk"
+
+
+# ---- staff's rows (the console's 已知问题) --------------------------------------------------------------------
+def test_staff_rows_saved_through_the_service_steer_the_next_question_and_a_bad_row_is_named(kb_services):
+    from ui.console import levers as lv
+
+    bundled, override = kb_services.chat.known_questions()
+    assert "golden.jsonl" in bundled and override == ""
+    asked = "调解好的协议去法院确认，最晚什么时候得去"
+    staff = f"{asked}\t中华人民共和国人民调解法\t第三十三条\tstaff\n"
+    assert _first(kb_services, asked) != ("中华人民共和国人民调解法", "第三十三条")
+    assert kb_services.chat.save_known_questions(staff) == 1
+    assert kb_services.chat.known_questions()[1] == staff
+    assert _first(kb_services, asked) == ("中华人民共和国人民调解法", "第三十三条")
+    status = lv.save_known(kb_services, staff + "物业费怎么交\t物业管理条例\t第九百条\tstaff\n")
+    assert status.startswith("❌") and "第 2 行" in status and "《物业管理条例》第九百条" in status
+    assert lv.save_known(kb_services, "谢啦\t~\tcheers\n").startswith("❌")
+    assert kb_services.chat.known_questions()[1] == staff  # nothing saved by a refused table
+    assert kb_services.chat.known_questions()[0] == bundled  # and the knowledge base's own table is never written

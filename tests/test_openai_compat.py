@@ -58,11 +58,13 @@ def test_completion_quotes_the_provision_and_carries_citations(client):
     choice = completion.choices[0]
     assert completion.object == "chat.completion" and completion.model == "xiaoyu"
     assert choice.message.role == "assistant" and choice.finish_reason == "stop"
-    assert "【1】" in choice.message.content and "司法确认申请书" in choice.message.content
+    assert "【1】" in choice.message.content
+    assert any(words in choice.message.content for words in ("司法确认申请书", "基层人民法院"))
     citations = completion.model_extra["citations"]
     assert [c["index"] for c in citations] == list(range(1, len(citations) + 1))
-    # The provision on the application's papers is cited (the opening may come from its neighbour on jurisdiction).
-    cited = next(c for c in citations if c["section"] == "第三条")
+    # The provision on where to apply or on the application's papers is cited (which first, or alone, is the
+    # provision ranker's call: tests/test_ranker.py).
+    cited = next(c for c in citations if c["section"] in ("第二条", "第三条"))
     assert cited["title"] == CONFIRMATION_RULES and cited["issuer"] == "最高人民法院" and cited["chunk_id"]
     assert completion.model_extra["refused"] is False
     assert completion.usage.completion_tokens == len(choice.message.content)

@@ -37,7 +37,11 @@ APPID = "wx5823bf96d3bd56c7"
 AES_KEY = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"  # a 43-character EncodingAESKey
 ACCOUNT = "gh_0123456789ab"
 QUESTION = "调解协议怎么申请司法确认？"
-ANSWER_MARK = "《最高人民法院关于人民调解协议司法确认程序的若干规定》第三条"
+# The rule on where to apply (第二条) or with which papers (第三条): which of the two comes first, or alone, is the
+# provision ranker's call (tests/test_ranker.py); these tests are about what WeChat carries.
+ANSWER_MARK = "《最高人民法院关于人民调解协议司法确认程序的若干规定》"
+CITED = re.compile(r"【\d】" + re.escape(ANSWER_MARK) + "第[二三]条")
+SAYS_HOW = ("司法确认申请书", "基层人民法院")
 
 
 # ---- WeChat's side of the protocol -------------------------------------------------------------------------
@@ -226,8 +230,8 @@ def test_a_text_message_gets_a_cited_chinese_answer_in_every_mode(make_wechat, k
     reply = wx.send(QUESTION)
     assert _opens_with_a_cited_sentence(reply)
     basis = reply.split("\n\n依据：\n", 1)[1].split("\n\n", 1)[0]
-    assert re.search(r"【\d】" + re.escape(ANSWER_MARK), basis)
-    assert "提交司法确认申请书" in reply
+    assert CITED.search(basis)
+    assert any(words in reply for words in SAYS_HOW)
 
 
 def test_a_forged_message_is_refused_and_not_processed(make_wechat, kb_services):
@@ -375,7 +379,7 @@ def test_a_retried_msgid_is_computed_once_and_every_retry_gets_the_same_reply(ma
     replies = [wx.send(QUESTION, msg_id="6001") for _ in range(3)]
     assert counter.calls == 1
     assert replies[0] == replies[1] == replies[2]
-    assert ANSWER_MARK in replies[0]
+    assert CITED.search(replies[0])
 
 
 def test_an_answer_too_slow_for_the_first_request_is_given_to_a_retry_from_the_cache(make_wechat, kb_services):
@@ -405,7 +409,7 @@ def test_an_answer_later_than_the_last_retry_comes_with_the_next_message(make_we
     assert wx.bridge.wait_idle(120)
     reply = wx.send("1", msg_id="8003")
     assert reply.startswith(f"您之前的问题“{QUESTION}”查到了")
-    assert ANSWER_MARK in reply
+    assert CITED.search(reply)
     assert slow.calls == 1
     # Delivered once: the next message is a question again.
     again = wx.send("物业服务企业可以停水停电催交物业费吗？", msg_id="8004")
@@ -527,7 +531,7 @@ def test_when_the_push_fails_the_answer_comes_with_the_next_message(make_wechat,
     assert wx.bridge.wait_idle(120)
     assert api.sent == []
     reply = wx.send("在吗", msg_id="9102")
-    assert reply.startswith(f"您之前的问题“{QUESTION}”查到了") and ANSWER_MARK in reply
+    assert reply.startswith(f"您之前的问题“{QUESTION}”查到了") and CITED.search(reply)
     assert slow.calls == 1
 
 

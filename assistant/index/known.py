@@ -26,7 +26,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ class KnownQuestion:
     title: str  # the document's title as the knowledge base holds it
     article: str  # 第N条 (or a range label); ALL_ARTICLES for a document without articles
     origin: str = ""  # which set or person wrote it, for leaving a set's own rows out of its eval
+    line: int = field(default=0, compare=False)  # its line in the table, for naming it to staff
 
 
 def parse_table(text: str) -> list[KnownQuestion]:
@@ -68,7 +69,7 @@ def parse_table(text: str) -> list[KnownQuestion]:
             raise KnownQuestionError(f"第 {n} 行：应为“问题<TAB>文件标题<TAB>条款”，条款可以留空")
         if len(parts[0]) > MAX_QUESTION:
             raise KnownQuestionError(f"第 {n} 行：问题太长了（最多 {MAX_QUESTION} 个字）")
-        rows.append(KnownQuestion(parts[0], parts[1], parts[2], parts[3] if len(parts) > 3 else ""))
+        rows.append(KnownQuestion(parts[0], parts[1], parts[2], parts[3] if len(parts) > 3 else "", n))
     return rows
 
 
@@ -144,31 +145,94 @@ class VectorCache:
             log.warning("known questions: could not write the vector cache %s", file, exc_info=True)
 
 
-class KnownQuestions:
-    """The table, and the rows' vectors as the retriever would embed each as a query (`dense_text`: its synonym
-    expansion; `embed`: its model), per synonym-table version."""
+def _file_version(path: Path | None) -> tuple[int, int] | None:
+    try:
+        st = path.stat() if path is not None else None
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size) if st else None
 
-    def __init__(self, rows: Iterable[KnownQuestion], cache: VectorCache, embedder_name: str):
-        self.rows = tuple(rows)
+
+class KnownQuestions:
+    """The knowledge base's table and staff's rows on top of it, and the rows' vectors as the retriever would embed
+    each as a query (`dense_text`: its synonym expansion; `embed`: its model), per synonym-table version.
+
+    Staff's rows live in the data dir (`override`; the knowledge base folder ships with the code and may be
+    read-only), saved from the console and read again whenever the file changes, by every worker on the host."""
+
+    def __init__(self, rows: Iterable[KnownQuestion], cache: VectorCache, embedder_name: str,
+                 override: Path | None = None, leave_out: str = ""):
+        self.bundled = tuple(rows)
         self.cache = cache
         self.embedder_name = embedder_name
-        self._matrices: dict[tuple[bytes, object], np.ndarray] = {}  # (rows in scope, synonyms version) → vectors
+        self.override = override
+        self.leave_out = leave_out
+        self._matrices: dict[tuple[bytes, object, object], np.ndarray] = {}  # (rows, synonyms, override) → vectors
         self._lock = threading.Lock()
+        self._version: tuple[int, int] | None = None
+        self._titles: tuple[tuple[KnownQuestion, ...], frozenset[str]] | None = None
+        self._rows = tuple(r for r in self.bundled if r.origin != leave_out)
+        self._refresh()
+
+    @property
+    def rows(self) -> tuple[KnownQuestion, ...]:
+        self._refresh()
+        return self._rows
+
+    def _refresh(self) -> None:
+        version = _file_version(self.override)
+        if version == self._version:
+            return
+        try:
+            staff = read_table(self.override)
+        except KnownQuestionError as exc:  # broken by hand (save_override never writes one): left out whole
+            log.warning("known questions %s not used: %s", self.override, exc)
+            staff = []
+        with self._lock:
+            self._rows = tuple(r for r in (*self.bundled, *staff) if r.origin != self.leave_out)
+            self._version = version
+
+    def titles(self) -> frozenset[str]:
+        """The documents some row names: what the table can speak for. Of a document no row names (a staff upload,
+        a law library loaded beside the community's rules) it says nothing, for or against."""
+        rows = self.rows
+        with self._lock:
+            if self._titles is None or self._titles[0] is not rows:
+                self._titles = (rows, frozenset(r.title for r in rows if r.title not in (NOT_COVERED, SMALL_TALK)))
+            return self._titles[1]
+
+    def override_text(self) -> str:
+        return self.override.read_text(encoding="utf-8") if self.override and self.override.is_file() else ""
+
+    def save_override(self, text: str) -> list[KnownQuestion]:
+        """Write staff's rows atomically (the caller has checked them: parse_table and what they name) and use
+        them from the next question on."""
+        if self.override is None:
+            raise KnownQuestionError("没有配置已知问题补充表的位置")
+        rows = parse_table(text)
+        self.override.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.override.parent, prefix=".known-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text if text.endswith("\n") or not text else text + "\n")
+        os.replace(tmp, self.override)
+        self._refresh()
+        return rows
 
     def without(self, origin: str) -> KnownQuestions:
         """The table less the rows of one origin (an eval set's own questions, while that set is scored)."""
-        return KnownQuestions([r for r in self.rows if r.origin != origin], self.cache, self.embedder_name)
+        return KnownQuestions(self.bundled, self.cache, self.embedder_name, self.override, origin)
 
     def nearest(self, vector: np.ndarray, titles: Callable[[str], bool], dense_text: Callable[[str], str],
                 embed: Callable[[str], np.ndarray], version: object = None, floor: float = FLOOR
                 ) -> list[tuple[float, KnownQuestion]]:
         """The rows about documents `titles` accepts whose question is at cosine ≥ floor to the query vector,
         closest first. The rows' matrix is built once per scope and synonyms version, not per question."""
-        mask = np.fromiter((titles(r.title) for r in self.rows), dtype=bool, count=len(self.rows))
+        table = self.rows
+        mask = np.fromiter((titles(r.title) for r in table), dtype=bool, count=len(table))
         if not mask.any():
             return []
-        rows = [r for r, keep in zip(self.rows, mask) if keep]
-        key = (np.packbits(mask).tobytes(), version)
+        rows = [r for r, keep in zip(table, mask) if keep]
+        key = (np.packbits(mask).tobytes(), version, self._version)
         with self._lock:
             matrix = self._matrices.get(key)
         if matrix is None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assistant.config import RetrievalSettings
+from assistant.index.known import FLOOR as KNOWN_FLOOR
 from assistant.qa.retrieve import Candidates
 from assistant.qa.understand import asked_datum, holds_datum
 from assistant.types import Evidence, TurnPlan
@@ -50,12 +51,25 @@ class AnswerabilityModel:
                                    ensure_ascii=False, indent=1), encoding="utf-8")
 
     def contributions(self, features: dict[str, float]) -> dict[str, float]:
-        return {f: self.weights.get(f, 0.0) * (features[f] - self.means.get(f, 0.0)) / (self.scales.get(f, 1.0) or 1.0)
+        return {f: 0.0 if unseen(features, f) else
+                self.weights.get(f, 0.0) * (features[f] - self.means.get(f, 0.0)) / (self.scales.get(f, 1.0) or 1.0)
                 for f in FEATURES}
 
     def probability(self, features: dict[str, float]) -> float:
         z = self.bias + sum(self.contributions(features).values())
         return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+
+
+# A feature that only exists where its flag is set: elsewhere it is unknown, and weighs nothing either way (its mean,
+# when fitting: evals/answerability.py). Without this, "no known question near" would read as the typical answerable
+# question's margin's opposite, and every question about a document the known questions do not name (a staff upload,
+# a law library) would lean toward refusal: measured on the library's dev and test questions, 5 more of 48 refused.
+PRESENCE = {"known_margin": "known_seen"}
+
+
+def unseen(features: dict[str, float], name: str) -> bool:
+    flag = PRESENCE.get(name)
+    return flag is not None and not features.get(flag, 1.0)
 
 
 def features(found: Candidates, plan: TurnPlan | None = None) -> dict[str, float]:
@@ -76,9 +90,12 @@ def features(found: Candidates, plan: TurnPlan | None = None) -> dict[str, float
                             default=dense[0] if dense else 0.0),
         # "补办门禁卡要多少钱" asks for a price: provisions on 物业服务收费 are close in meaning and hold none.
         "missing_datum": _missing_datum(found),
-        # Closer to a question known to be out of scope (昆山房价多少) than to any known answerable one: positive. A
-        # question near neither, as one about a newly uploaded file is, stays at 0 and is judged on the rest.
+        # How much closer to a question known to be out of scope (昆山房价多少) than to any known answerable one
+        # (negative: closer to an answerable one). Only where some known question is near and the best hit is of a
+        # document the table names (known_seen); elsewhere, as for a question about a newly uploaded file, the
+        # model reads it as unknown, not as 0 (AnswerabilityModel.contributions).
         "known_margin": found.known_refused - found.known,
+        "known_seen": float(found.known > KNOWN_FLOOR or found.known_refused > KNOWN_FLOOR),
     }
 
 

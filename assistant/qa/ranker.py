@@ -28,14 +28,17 @@ SentenceSims = Mapping[str, tuple[tuple[str, float], ...]]
 def rank_features(pool: Sequence[ScoredChunk], sentences: SentenceSims, intent: str, idf: Mapping[str, float],
                   terms: Callable[[ScoredChunk], frozenset[str]], follow: FollowUp | None = None,
                   own: Mapping[str, float] | None = None, own_sentences: SentenceSims | None = None,
-                  known: Mapping[str, float] | None = None) -> list[dict[str, float]]:
+                  known: Mapping[str, float] | None = None, known_titles: frozenset[str] = frozenset()
+                  ) -> list[dict[str, float]]:
     """One row of RANK_FEATURES per pool chunk. `idf`: the question's content words and their idf over the scope;
     `terms`: a chunk's BM25 terms (nothing re-tokenized). For a follow-up (else all zero): `follow`, what the
     answer it follows on cited, so that "那要多久？" after 第十三条 can stay with 第十三条 or its
     regulation; `own`, chunk id → fused score of the turn's own words searched alone (relative to their best), and
     `own_sentences`, its sentences' cosines to those words (qa/retrieve.py HybridRetriever._follow). `known`: chunk
     id → cosine of the nearest known question naming it (index/known.py); the feature is how far that falls
-    behind the nearest known question of all (0 for the provision it names; all 0 when none is near)."""
+    behind the nearest known question of all (0 for the provision it names; all 0 when none is near). A chunk of a
+    document no known question names (`known_titles`: those some row does) gets 0 too: the table knows nothing of
+    it, and a law library's article must not fall behind the community's rules for that."""
     if not pool:
         return []
     top = pool[0].score or 1.0
@@ -69,7 +72,8 @@ def rank_features(pool: Sequence[ScoredChunk], sentences: SentenceSims, intent: 
             "cited_article": float(follow is not None and follow.cites(hit.chunk.title, hit.chunk.section)),
             "own_fused": own_scores.get(hit.chunk.id, 0.0),
             "own_sentence": own_sims.get(hit.chunk.id, own_best) - own_best,
-            "known": max(near.get(hit.chunk.id, KNOWN_FLOOR), KNOWN_FLOOR) - known_best,
+            "known": (max(near.get(hit.chunk.id, KNOWN_FLOOR), KNOWN_FLOOR) - known_best
+                      if hit.chunk.title in known_titles else 0.0),
         })
     return rows
 

@@ -196,24 +196,28 @@ class HybridRetriever:
             pool, own, own_sentences = self._follow(follow, pool, n, indexes, snaps, kbs, by_kb)
         known: dict[str, float] = {}
         refused = KNOWN_FLOOR
+        known_titles: frozenset[str] = frozenset()
         if self.known is not None and vector is not None and mode == "hybrid" and self.ranker is not None:
             pool, known, refused = self._known(vector, pool, snaps)
+            known_titles = self.known.titles()
         sentences = self._sentence_scores(vector, pool, kbs, by_kb)
         words = set(self.tokenizer.tokens(query))
         idf, unseen = _idf(snaps, words)
         if mode == "hybrid" and s.rerank_pool:
             if self.ranker is not None:
                 rows = rank_features(pool, sentences, intent, idf, lambda h: _terms(by_kb, h),
-                                     follow, own, own_sentences, known)
+                                     follow, own, own_sentences, known, known_titles)
                 # The model was fitted on the community's documents alone: the domain preference applies to its
                 # scores too, or a law with one close sentence outranks the community's rule again.
                 pool = prefer_domain(self.ranker.rerank(pool, rows), s.reference_categories, s.reference_weight)
             else:
                 pool = rerank(pool, sentences, intent, s.sentence_weight, s.intent_weight)
         hits = tuple(pool[:top_k])
+        nearest = max(known.values(), default=KNOWN_FLOOR)
+        if not hits or hits[0].chunk.title not in known_titles:
+            nearest = refused = KNOWN_FLOOR  # the table's verdicts speak for the documents it names, no others
         return Candidates(query, hits, lexical, dense, *_coverage(by_kb, idf, unseen, hits),
-                          content_words=len(words), sentences=sentences,
-                          known=max(known.values(), default=KNOWN_FLOOR), known_refused=refused)
+                          content_words=len(words), sentences=sentences, known=nearest, known_refused=refused)
 
     def _follow(self, follow: FollowUp, pool: list[ScoredChunk], n: int, indexes: Sequence[KbIndex],
                 snaps: Sequence[Snapshot], kbs: dict[str, KbIndex], by_kb: dict[str, Snapshot]

@@ -216,6 +216,18 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
                     expand_query = gr.Textbox(label="试一个问题", placeholder="维修基金能修屋顶吗", scale=3)
                     expand_result = gr.Markdown()
 
+                gr.Markdown("### 已知问题\n居民问过、出处已知的问题：新问题与其中一条很接近时，检索优先它的条文。"
+                            "每行“问题<TAB>文件标题<TAB>第N条<TAB>来源”；标题写 - 表示不回答这类问题，"
+                            "写 ~ 并在第三栏写 thanks、greeting 等表示闲聊。右边的补充表保存在数据目录里。")
+                with gr.Row():
+                    bundled_known = gr.Textbox(label="知识库自带（known_questions.tsv）", lines=10, max_lines=20,
+                                               interactive=False)
+                    override_known = gr.Textbox(label="补充已知问题（数据目录 known_questions.tsv）", lines=10,
+                                                max_lines=20)
+                with gr.Row():
+                    known_btn = gr.Button("检查并保存", variant="primary", scale=1)
+                    known_status = gr.Markdown()
+
             # ---- 高频诉求 ---------------------------------------------------------------------------------------
             with gr.Tab("高频诉求", id="topics"):
                 gr.Markdown("居民最常问的事：按意思归类的提问（语义向量 + 关键词），每类以它的特征词命名，"
@@ -264,10 +276,10 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
             info, current = lv.threshold_info(services)
             return (lv.pin_rows(services), gr.Dropdown(choices=h.source_choices(services)), info,
                     gr.Slider(value=current if current is not None else 0.5, interactive=current is not None),
-                    *lv.synonym_texts(services))
+                    *lv.synonym_texts(services), *lv.known_texts(services))
 
         console.load(on_load_levers, outputs=[pins_table, pin_source, threshold_md, proposed, bundled_synonyms,
-                                              override_synonyms])
+                                              override_synonyms, bundled_known, override_known])
 
         def on_doc_select(kb, evt: gr.SelectData):
             source = evt.row_value[0] if evt.row_value else ""
@@ -358,6 +370,7 @@ def build_console(get_services: Callable[[], Services], settings: Settings) -> g
             lambda: lv.threshold_info(get_services())[0], outputs=threshold_md)
         synonyms_btn.click(lambda t: lv.save_synonyms(get_services(), t), override_synonyms, synonyms_status)
         expand_query.submit(lambda q: lv.try_expansion(get_services(), q), expand_query, expand_result)
+        known_btn.click(lambda t: lv.save_known(get_services(), t), override_known, known_status)
 
         def on_topics(days):
             info, rows, chart, path = h.topics_report(get_services(), days, exports)

@@ -172,6 +172,19 @@ def save_synonyms(services: Services, text: str) -> str:
     return ok(f"已保存 {n} 条补充同义词，检索立即使用（无需重启）")
 
 
+# ---- known questions --------------------------------------------------------------------------------------------
+def known_texts(services: Services) -> tuple[str, str]:
+    return services.chat.known_questions()
+
+
+def save_known(services: Services, text: str) -> str:
+    try:
+        n = services.chat.save_known_questions(text or "")
+    except XiaoyuError as exc:
+        return fail(f"{exc.user_message}（未保存）")
+    return ok(f"已保存 {n} 条已知问题，检索和拒答判断立即使用（无需重启）")
+
+
 def try_expansion(services: Services, query: str) -> str:
     query = (query or "").strip()
     if not query:
