@@ -120,7 +120,13 @@ class Snapshot:
                 for article in articles:
                     table.setdefault((chunk.title, article), []).append(cid)
             self._domain["provisions"] = {key: tuple(ids) for key, ids in table.items()}
+            self._domain["titles"] = frozenset(title for title, _ in table)
         return self._domain["provisions"]
+
+    def titles(self) -> frozenset[str]:
+        """The titles of the live documents (with provisions(), once per generation)."""
+        self.provisions()
+        return self._domain["titles"]
 
     def vector_domain_rows(self, reference: Sequence[str]) -> np.ndarray | None:
         """domain_rows() for the in-memory vectors' rows; None without them. Once per generation, never per query."""

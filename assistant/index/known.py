@@ -31,12 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from assistant.index.synonyms import write_staff_table
+
 log = logging.getLogger("xiaoyu")
 
 MAX_ROWS = 20000
 MAX_QUESTION = 200
 FLOOR = 0.85  # below this cosine an earlier question says nothing about this one (e5's scale: unrelated ≈ 0.80)
-ALL_ARTICLES = ""  # a row for a document without articles (a news report): every chunk of it
 NOT_COVERED = "-"  # the title of a row the knowledge base does not answer (房价, 天气 …): a refusal, known
 SMALL_TALK = "~"  # the title of a small-talk row ("谢谢小玉"); its article column names the reply (thanks, greeting …)
 
@@ -49,7 +50,7 @@ class KnownQuestionError(ValueError):
 class KnownQuestion:
     question: str
     title: str  # the document's title as the knowledge base holds it
-    article: str  # 第N条 (or a range label); ALL_ARTICLES for a document without articles
+    article: str  # 第N条, a chapter (第六章), a range label; "" for every chunk of a document without articles
     origin: str = ""  # which set or person wrote it, for leaving a set's own rows out of its eval
     line: int = field(default=0, compare=False)  # its line in the table, for naming it to staff
 
@@ -210,11 +211,7 @@ class KnownQuestions:
         if self.override is None:
             raise KnownQuestionError("没有配置已知问题补充表的位置")
         rows = parse_table(text)
-        self.override.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.override.parent, prefix=".known-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text if text.endswith("\n") or not text else text + "\n")
-        os.replace(tmp, self.override)
+        write_staff_table(self.override, text)
         self._refresh()
         return rows
 

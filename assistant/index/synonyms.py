@@ -56,6 +56,16 @@ def parse_table(text: str, allow_remove: bool = False) -> dict[str, tuple[str, .
     return table
 
 
+def write_staff_table(path: Path, text: str) -> None:
+    """Staff's tables in the data dir (synonyms, known questions): written whole and atomically, so that a worker
+    reading it meanwhile gets the old table or the new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text if text.endswith("\n") or not text else text + "\n")
+    os.replace(tmp, path)
+
+
 def _read(path: Path | None) -> str:
     return path.read_text(encoding="utf-8") if path is not None and path.is_file() else ""
 
@@ -110,11 +120,7 @@ class QueryExpander:
         if self.override is None:
             raise SynonymError("没有配置同义词覆盖表的位置")
         parsed = parse_table(text, allow_remove=True)
-        self.override.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.override.parent, prefix=".synonyms-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text if text.endswith("\n") or not text else text + "\n")
-        os.replace(tmp, self.override)
+        write_staff_table(self.override, text)
         self.reload()
         return parsed
 

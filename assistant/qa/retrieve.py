@@ -246,8 +246,9 @@ class HybridRetriever:
         only the ranker's known feature can lift them."""
         assert self.known is not None
         tables = [snap.provisions() for snap in snaps]
+        held = frozenset().union(*(snap.titles() for snap in snaps))
         ask = (self.dense_text, self.embedder.embed_query, self.expander.version)
-        near = self.known.nearest(vector, lambda title: any((title, "") in t for t in tables), *ask)
+        near = self.known.nearest(vector, held.__contains__, *ask)
         refused = self.known.nearest(vector, lambda title: title == NOT_COVERED, *ask)
         closest: dict[str, float] = {}
         where: dict[str, Snapshot] = {}

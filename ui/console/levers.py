@@ -165,11 +165,16 @@ def synonym_texts(services: Services) -> tuple[str, str]:
 
 
 def save_synonyms(services: Services, text: str) -> str:
+    return _saved(services.knowledge.save_synonyms, text, "补充同义词", "检索")
+
+
+def _saved(save: Callable[[str], int], text: str, what: str, used_by: str) -> str:
+    """A staff table checked and saved by the service, or the line it refused (nothing saved then)."""
     try:
-        n = services.knowledge.save_synonyms(text or "")
+        n = save(text or "")
     except XiaoyuError as exc:
         return fail(f"{exc.user_message}（未保存）")
-    return ok(f"已保存 {n} 条补充同义词，检索立即使用（无需重启）")
+    return ok(f"已保存 {n} 条{what}，{used_by}立即使用（无需重启）")
 
 
 # ---- known questions --------------------------------------------------------------------------------------------
@@ -178,11 +183,7 @@ def known_texts(services: Services) -> tuple[str, str]:
 
 
 def save_known(services: Services, text: str) -> str:
-    try:
-        n = services.chat.save_known_questions(text or "")
-    except XiaoyuError as exc:
-        return fail(f"{exc.user_message}（未保存）")
-    return ok(f"已保存 {n} 条已知问题，检索和拒答判断立即使用（无需重启）")
+    return _saved(services.chat.save_known_questions, text, "已知问题", "检索和拒答判断")
 
 
 def try_expansion(services: Services, query: str) -> str:
