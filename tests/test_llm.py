@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 from langchain_core.messages import AIMessageChunk
@@ -183,9 +184,13 @@ HISTORY = [Turn("user", "调解协议怎么申请司法确认？"), Turn("assist
 def test_a_follow_up_is_rewritten_by_the_llm_and_the_rewrite_is_what_the_plan_searches():
     model = ScriptedModel("人民调解协议申请司法确认要多长时间？")
     condenser = LLMCondenser(model, LLMSettings(base_url="http://unused"), RULES)
-    # Planning needs no retriever or answerer: None makes sure it doesn't touch them.
-    pipeline = QuestionPipeline(Understander(RULES, 1000, 6), None, None, RetrievalSettings(), condenser)
+    # Planning needs no answerer (None makes sure it doesn't touch it), and of the retriever only whether a short
+    # turn is near a known small-talk turn (a stand-in that knows none: anything else of it would raise).
+    asked = []
+    knows_no_small_talk = SimpleNamespace(small_talk=lambda q: asked.append(q) or "")
+    pipeline = QuestionPipeline(Understander(RULES, 1000, 6), knows_no_small_talk, None, RetrievalSettings(), condenser)
     plan = pipeline.plan("要多久？", HISTORY, time.monotonic() + 30)
+    assert asked == ["要多久？"]
     assert (plan.kind, plan.condensed_by) == (TurnKind.FOLLOW_UP, "llm")
     assert plan.query == "人民调解协议申请司法确认要多长时间？"
     assert "调解协议怎么申请司法确认" in model.prompts[0] and "要多久？" in model.prompts[0]
