@@ -168,7 +168,8 @@ class KnownQuestions:
         self.embedder_name = embedder_name
         self.override = override
         self.leave_out = leave_out
-        self._matrices: dict[tuple[bytes, object, object], np.ndarray] = {}  # (rows, synonyms, override) → vectors
+        # (titles, synonyms version, staff table version) → those rows and their vectors
+        self._matrices: dict[tuple[frozenset[str], object, object], tuple[list[KnownQuestion], np.ndarray]] = {}
         self._lock = threading.Lock()
         self._version: tuple[int, int] | None = None
         self._titles: tuple[tuple[KnownQuestion, ...], frozenset[str]] | None = None
@@ -219,25 +220,27 @@ class KnownQuestions:
         """The table less the rows of one origin (an eval set's own questions, while that set is scored)."""
         return KnownQuestions(self.bundled, self.cache, self.embedder_name, self.override, origin)
 
-    def nearest(self, vector: np.ndarray, titles: Callable[[str], bool], dense_text: Callable[[str], str],
+    def nearest(self, vector: np.ndarray, titles: frozenset[str], dense_text: Callable[[str], str],
                 embed: Callable[[str], np.ndarray], version: object = None, floor: float = FLOOR
                 ) -> list[tuple[float, KnownQuestion]]:
-        """The rows about documents `titles` accepts whose question is at cosine ≥ floor to the query vector,
-        closest first. The rows' matrix is built once per scope and synonyms version, not per question."""
+        """The rows titled one of `titles` (documents of the scope, NOT_COVERED, SMALL_TALK) whose question is at
+        cosine ≥ floor to the query vector, closest first. The rows and their matrix are picked once per set of
+        titles, synonyms version and staff table, not per question."""
         table = self.rows
-        mask = np.fromiter((titles(r.title) for r in table), dtype=bool, count=len(table))
-        if not mask.any():
-            return []
-        rows = [r for r, keep in zip(table, mask) if keep]
-        key = (np.packbits(mask).tobytes(), version, self._version)
+        key = (titles, version, self._version)
         with self._lock:
-            matrix = self._matrices.get(key)
-        if matrix is None:
+            picked = self._matrices.get(key)
+        if picked is None:
+            rows = [r for r in table if r.title in titles]
             matrix = self.cache.vectors(self.embedder_name, [dense_text(r.question) for r in rows], embed)
+            picked = (rows, matrix)
             with self._lock:
                 if len(self._matrices) > 16:  # scopes and synonym edits come and go; keep the recent few
                     self._matrices.clear()
-                self._matrices[key] = matrix
+                self._matrices[key] = picked
+        rows, matrix = picked
+        if not rows:
+            return []
         q = np.asarray(vector, dtype=np.float32)
         sims = matrix @ (q / (np.linalg.norm(q) or 1.0))
         picked = np.flatnonzero(sims >= floor)

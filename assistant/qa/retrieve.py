@@ -36,6 +36,7 @@ KNOWN_EXTRA = 2  # provisions named by the nearest known questions (index/known.
 # How much nearer a known small-talk turn than any known question a turn must be to be small talk: on the dev sets,
 # each file judged by the others' rows, 0.02 took 62 of 70 small-talk turns for it and 1 of 680 questions.
 SMALL_TALK_MARGIN = 0.02
+_REFUSED, _SMALL_TALK = frozenset({NOT_COVERED}), frozenset({SMALL_TALK})
 
 
 @dataclass(frozen=True)
@@ -248,8 +249,8 @@ class HybridRetriever:
         tables = [snap.provisions() for snap in snaps]
         held = frozenset().union(*(snap.titles() for snap in snaps))
         ask = (self.dense_text, self.embedder.embed_query, self.expander.version)
-        near = self.known.nearest(vector, held.__contains__, *ask)
-        refused = self.known.nearest(vector, lambda title: title == NOT_COVERED, *ask)
+        near = self.known.nearest(vector, held, *ask)
+        refused = self.known.nearest(vector, _REFUSED, *ask)
         closest: dict[str, float] = {}
         where: dict[str, Snapshot] = {}
         for sim, row in near:
@@ -269,10 +270,11 @@ class HybridRetriever:
             return ""
         vector = self.embedder.embed_query(self.dense_text(question))
         ask = (self.dense_text, self.embedder.embed_query, self.expander.version)
-        chat = self.known.nearest(vector, lambda title: title == SMALL_TALK, *ask)
+        chat = self.known.nearest(vector, _SMALL_TALK, *ask)
         if not chat:
             return ""
-        other = self.known.nearest(vector, lambda title: title != SMALL_TALK, *ask)
+        snaps = [ix.snap for ix in self.shelf.indexes(self.scope())]
+        other = self.known.nearest(vector, frozenset().union(_REFUSED, *(snap.titles() for snap in snaps)), *ask)
         if chat[0][0] - max(other[0][0] if other else KNOWN_FLOOR, KNOWN_FLOOR) <= SMALL_TALK_MARGIN:
             return ""
         return chat[0][1].article
