@@ -56,6 +56,12 @@ def test_vectors_are_embedded_once_and_read_back_from_the_data_dir(tmp_path):
     assert np.allclose(again, first[[1, 0]])
 
 
+def test_a_scope_that_needs_no_rows_embeds_and_writes_nothing(tmp_path):
+    calls: list[str] = []
+    assert VectorCache(tmp_path).vectors(f"made-up/{tmp_path.name}", [], _counting(calls)).size == 0
+    assert calls == [] and not list(tmp_path.glob("*.npz"))
+
+
 def test_a_torn_vector_file_is_embedded_again_not_a_failed_question(tmp_path):
     name = f"made-up/{tmp_path.name}"
     calls: list[str] = []

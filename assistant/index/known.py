@@ -98,6 +98,8 @@ class VectorCache:
 
     def vectors(self, embedder_name: str, texts: Sequence[str], embed: Callable[[str], np.ndarray]) -> np.ndarray:
         """The vectors of `texts` (normalized rows), embedding and saving those not yet known."""
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
         with self._lock:
             self._load(embedder_name)
             missing = [t for t in dict.fromkeys(texts) if (embedder_name, t) not in self._vectors]
@@ -107,8 +109,6 @@ class VectorCache:
             file = self._file(embedder_name)
             if missing or (file is not None and not file.is_file()):  # another data dir's rows are this one's too
                 self._save(embedder_name)
-            if not texts:
-                return np.zeros((0, 0), dtype=np.float32)
             return np.stack([self._vectors[(embedder_name, t)] for t in texts])
 
     def _file(self, embedder_name: str) -> Path | None:
