@@ -18,7 +18,7 @@ from assistant.config import RetrievalSettings
 from assistant.index.embedding import Embedder
 from assistant.index.kb import KbIndex, Shelf, Snapshot
 from assistant.index.known import FLOOR as KNOWN_FLOOR
-from assistant.index.known import NOT_COVERED, SMALL_TALK, KnownQuestions
+from assistant.index.known import NOT_COVERED, SMALL_TALK, KnownQuestion, KnownQuestions
 from assistant.index.lexical import JiebaTokenizer, search_together
 from assistant.index.sentences import provision_sentences, sentence_id
 from assistant.index.synonyms import QueryExpander
@@ -137,7 +137,9 @@ class HybridRetriever:
                  known: KnownQuestions | None = None):
         self.expander = expander
         self.ranker = ranker  # fitted provision ranking; None: rerank()'s fixed formula
-        self.known = known  # questions whose provision is known; read by the fitted ranker only
+        # Questions whose provision (or refusal, or small-talk reply) is known: the fitted ranker's known feature,
+        # the answerability model's known_margin and small_talk() read them.
+        self.known = known
         self.embedder = embedder
         self.shelf = shelf
         self.tokenizer = tokenizer
@@ -247,10 +249,8 @@ class HybridRetriever:
         only the ranker's known feature can lift them."""
         assert self.known is not None
         tables = [snap.provisions() for snap in snaps]
-        held = frozenset().union(*(snap.titles() for snap in snaps))
-        ask = (self.dense_text, self.embedder.embed_query, self.expander.version)
-        near = self.known.nearest(vector, held, *ask)
-        refused = self.known.nearest(vector, _REFUSED, *ask)
+        near = self._nearest(vector, frozenset().union(*(snap.titles() for snap in snaps)))
+        refused = self._nearest(vector, _REFUSED)
         closest: dict[str, float] = {}
         where: dict[str, Snapshot] = {}
         for sim, row in near:
@@ -269,25 +269,38 @@ class HybridRetriever:
         if self.known is None:
             return ""
         vector = self.embedder.embed_query(self.dense_text(question))
-        ask = (self.dense_text, self.embedder.embed_query, self.expander.version)
-        chat = self.known.nearest(vector, _SMALL_TALK, *ask)
+        chat = self._nearest(vector, _SMALL_TALK)
         if not chat:
             return ""
-        snaps = [ix.snap for ix in self.shelf.indexes(self.scope())]
-        other = self.known.nearest(vector, frozenset().union(_REFUSED, *(snap.titles() for snap in snaps)), *ask)
+        other = self._nearest(vector, self._questions_with_content())
         if chat[0][0] - max(other[0][0] if other else KNOWN_FLOOR, KNOWN_FLOOR) <= SMALL_TALK_MARGIN:
             return ""
         return chat[0][1].article
+
+    def _questions_with_content(self) -> frozenset[str]:
+        """The titles of small_talk()'s "every known question": the default scope's documents, and the refusals."""
+        snaps = [ix.snap for ix in self.shelf.indexes(self.scope())]
+        return frozenset().union(_REFUSED, *(snap.titles() for snap in snaps))
+
+    def _nearest(self, vector: np.ndarray, titles: frozenset[str]) -> list[tuple[float, KnownQuestion]]:
+        """KnownQuestions.nearest, with the rows embedded as this retriever embeds a query."""
+        assert self.known is not None
+        return self.known.nearest(vector, titles, self.dense_text, self.embedder.embed_query, self.expander.version)
 
     def dense_text(self, query: str) -> str:
         """What the dense retriever embeds for a query: with its synonyms, when so configured."""
         return self.expander.expand(query) if self.settings.expand_dense else query
 
     def warm(self, scope: Sequence[str] | None = None) -> None:
-        """Embed the known questions a scope needs now, at start-up, rather than at its first question."""
-        if self.known is not None and self.ranker is not None:
-            snaps = [ix.snap for ix in self.shelf.indexes(self.scope(scope))]
-            self._known(np.zeros(self.embedder.dim, dtype=np.float32), [], snaps)  # a zero vector is near nothing
+        """Embed the known questions a scope needs now, at start-up, rather than at its first question: those the
+        ranker and the answerability model read, and small_talk()'s."""
+        if self.known is None:
+            return
+        zero = np.zeros(self.embedder.dim, dtype=np.float32)  # near nothing: only the rows' matrices are built
+        if self.ranker is not None:
+            self._known(zero, [], [ix.snap for ix in self.shelf.indexes(self.scope(scope))])
+        self._nearest(zero, _SMALL_TALK)
+        self._nearest(zero, self._questions_with_content())
 
     def _fused(self, query: str, mode: Mode, n: int, indexes: Sequence[KbIndex], snaps: Sequence[Snapshot]
                ) -> tuple[list[ScoredChunk], Ranked, Ranked, np.ndarray | None]:
